@@ -1,0 +1,190 @@
+"""The errors kernos raises, as data a caller can act on.
+
+Every error says what happened, why, and what to do. The tree splits by who has to act::
+
+    KernosError
+    ├── UsageError              the caller's mistake: fix the call, retrying changes nothing
+    │   ├── ConfigError         bad settings, URL or app module
+    │   ├── AgentNotFound       no agent registered under that name (or version)
+    │   ├── RunNotFound         no run with that id in this database
+    │   ├── InvalidInput        malformed JSON, failed validation, payload over the size limit
+    │   ├── NotSerializable     a step result or run output that is not JSON
+    │   ├── InvalidState        the run is not in a state that allows the request
+    │   └── ScheduleNotFound    no schedule with that name
+    ├── RunError                the run failed: its journal says why
+    │   ├── StepFailed          a step exhausted its attempts
+    │   ├── DeterminismError    replayed code asked for a different step than the journal holds
+    │   └── ChildRunFailed      a child run ended failed or cancelled
+    └── InfrastructureError     the database is unavailable or full: retry later
+        ├── StoreUnavailable
+        ├── StoreFull
+        └── SchemaMismatch      the database's schema is newer than this code (not retryable)
+
+Control flow that user code must not swallow derives from ``BaseException`` (as
+``asyncio.CancelledError`` does), so an agent's ``except Exception`` cannot catch it:
+
+    Cancelled                   the run was cancelled; clean up and return or re-raise
+    LeaseLost                   this worker no longer owns the run; stop at once
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentNotFound",
+    "Cancelled",
+    "ChildRunFailed",
+    "ConfigError",
+    "DeterminismError",
+    "InfrastructureError",
+    "InvalidInput",
+    "InvalidState",
+    "KernosError",
+    "LeaseLost",
+    "NotSerializable",
+    "RunError",
+    "RunNotFound",
+    "ScheduleNotFound",
+    "SchemaMismatch",
+    "StepFailed",
+    "StoreFull",
+    "StoreUnavailable",
+    "UsageError",
+]
+
+
+class KernosError(Exception):
+    """Base of every error kernos raises on purpose.
+
+    ``retryable`` tells a caller whether the same request may succeed later, and
+    ``retry_after`` (seconds) how long to wait first when kernos knows.
+    """
+
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+class UsageError(KernosError):
+    """The caller asked for something that cannot be done as asked."""
+
+
+class ConfigError(UsageError):
+    """Settings, a database URL or an app module are wrong."""
+
+
+class AgentNotFound(UsageError):
+    """No agent is registered under the requested name or version."""
+
+
+class RunNotFound(UsageError):
+    """No run has the requested id in the database in use."""
+
+
+class InvalidInput(UsageError):
+    """Input was malformed, failed validation, or exceeded the payload limit."""
+
+
+class NotSerializable(UsageError):
+    """A value that must be stored in the journal is not JSON-serialisable."""
+
+
+class InvalidState(UsageError):
+    """The run's state does not allow the request (e.g. resuming a completed run)."""
+
+
+class ScheduleNotFound(UsageError):
+    """No schedule has the requested name."""
+
+
+class RunError(KernosError):
+    """A run failed; the run's journal holds the full story."""
+
+
+class StepFailed(RunError):
+    """A step raised on every attempt its retry policy allowed.
+
+    The agent may catch it; if it does not, the run fails with it. ``error_type`` and
+    ``error_message`` describe the last attempt's exception, which is also journaled with its
+    traceback.
+    """
+
+    def __init__(self, step: str, attempts: int, error_type: str, error_message: str) -> None:
+        self.step = step
+        self.attempts = attempts
+        self.error_type = error_type
+        self.error_message = error_message
+        super().__init__(
+            f"step {step!r} failed after {attempts} attempt(s): {error_type}: {error_message} "
+            f"(the traceback of each attempt is in the run's journal: kernos trace RUN)"
+        )
+
+
+class DeterminismError(RunError):
+    """Replayed agent code diverged from the journal (guarantee 8).
+
+    Raised when the code asks, at a journal position, for a different step than the one recorded
+    there: usually the agent's code changed under a running run. The run stops instead of mixing
+    two histories.
+    """
+
+    def __init__(self, position: int, recorded: str, requested: str) -> None:
+        self.position = position
+        self.recorded = recorded
+        self.requested = requested
+        super().__init__(
+            f"non-deterministic replay at step {position}: the journal recorded {recorded} but "
+            f"the code now asks for {requested}. The agent's code changed while this run was in "
+            f"flight; deploy the change under a new agent version so that running runs keep the "
+            f"code they started with."
+        )
+
+
+class ChildRunFailed(RunError):
+    """A child run started with ``ctx.spawn`` did not complete."""
+
+    def __init__(self, child_id: str, state: str, error: str | None) -> None:
+        self.child_id = child_id
+        self.state = state
+        self.error = error
+        super().__init__(f"child run {child_id} ended {state}: {error or 'no error recorded'}")
+
+
+class InfrastructureError(KernosError):
+    """The database (or another service kernos depends on) failed; retry later."""
+
+    retryable = True
+
+
+class StoreUnavailable(InfrastructureError):
+    """The database could not be reached or did not answer in time."""
+
+
+class StoreFull(InfrastructureError):
+    """The database has no space left; nothing of the failed write was kept."""
+
+
+class SchemaMismatch(InfrastructureError):
+    """The database's schema is newer than this version of kernos understands."""
+
+    retryable = False
+
+
+class Cancelled(BaseException):  # noqa: N818 - named like asyncio.CancelledError's role
+    """Delivered into agent code at a step boundary when the run is cancelled.
+
+    The agent may catch it to clean up (its further steps are journaled as usual); the run ends
+    ``cancelled`` whatever the agent returns.
+    """
+
+
+class LeaseLost(BaseException):  # noqa: N818
+    """This worker no longer owns the run (its lease expired and another worker took it).
+
+    Guarantee 3: a worker that lost its lease commits nothing more for the run.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"lost the lease on run {run_id}: another worker owns it now; this worker stops "
+            f"executing it and writes nothing more"
+        )

@@ -1,0 +1,79 @@
+"""What differs between SQLite and PostgreSQL, behind one small interface.
+
+The store's SQL is written once with ``?`` placeholders; a dialect runs it on its own driver,
+opens transactions its own way (SQLite: ``BEGIN IMMEDIATE`` takes the write lock up front;
+PostgreSQL: row locks, ``SKIP LOCKED``, advisory locks) and translates driver errors into kernos
+errors by their codes, never by their text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+Row = tuple[Any, ...]
+Params = Sequence[Any]
+
+
+class Tx(Protocol):
+    """A cursor inside an open transaction."""
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        """Run a statement; returns the affected row count."""
+        ...
+
+    def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+
+class Dialect(Protocol):
+    name: str
+    display_url: str
+    #: appended to a SELECT that must lock the rows it reads until the transaction ends
+    lock_rows: str
+    #: appended to a claim's candidate SELECT: lock, and skip rows another claim holds
+    lock_skip: str
+    #: appended inside the fencing sub-SELECT of an append (blocks a concurrent re-claim)
+    lock_fence: str
+    ddl_types: dict[str, str]
+
+    def write(self) -> AbstractContextManager[Tx]:
+        """A transaction that will write: serialised against other writers where needed."""
+        ...
+
+    def read(self) -> AbstractContextManager[Tx]: ...
+
+    def committer_tx(self) -> AbstractContextManager[Tx]:
+        """A write transaction on the group committer's own connection."""
+        ...
+
+    def lock_migrations(self, tx: Tx) -> None: ...
+
+    def lock_agent(self, tx: Tx, agent: str) -> None:
+        """Serialise claims of one agent across the fleet (for its concurrency limit)."""
+        ...
+
+    def table_exists(self, tx: Tx, table: str) -> bool: ...
+
+    def notify(self, tx: Tx) -> None:
+        """Tell sleeping workers that work may be ready (delivered at commit)."""
+        ...
+
+    def wait_for_notify(self, timeout: float) -> bool:
+        """Block up to ``timeout`` for a notification; False when none came (or none exist)."""
+        ...
+
+    def translate(self, exc: BaseException) -> BaseException: ...
+
+    def close(self) -> None: ...
+
+
+def placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,34 @@
+"""Choosing and opening a store from a URL."""
+
+from __future__ import annotations
+
+from kernos.errors import ConfigError
+from kernos.store._postgres import PostgresDialect
+from kernos.store._sql import DEFAULT_MAX_PAYLOAD, SqlStore
+from kernos.store._sqlite import SqliteDialect
+
+DEFAULT_URL = "sqlite:///.kernos/kernos.db"
+
+
+def open_store(
+    url: str = DEFAULT_URL,
+    *,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    pool_size: int = 8,
+) -> SqlStore:
+    """Open (without migrating) the database at ``url``.
+
+    ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` pick SQLite;
+    ``postgresql://...`` (or ``postgres://``) picks PostgreSQL. Call ``await store.migrate()``
+    before use; ``kernos.connect`` does both.
+    """
+    if url.startswith("sqlite:///"):
+        dialect: SqliteDialect | PostgresDialect = SqliteDialect(url.removeprefix("sqlite:///"))
+    elif url.startswith(("postgresql://", "postgres://")):
+        dialect = PostgresDialect(url, pool_size=pool_size)
+    else:
+        raise ConfigError(
+            f"unsupported database URL {url.split('://')[0]}://...: KERNOS_DATABASE_URL must be "
+            f"sqlite:///path/to/file.db or postgresql://user@host:5432/dbname"
+        )
+    return SqlStore(dialect, threads=pool_size, max_payload=max_payload)

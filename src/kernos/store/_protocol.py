@@ -1,0 +1,142 @@
+"""The ``Store`` protocol: everything the kernel asks of a database.
+
+Two real implementations exist (SQLite and PostgreSQL, one schema, one conformance suite). Every
+method is one short transaction; those that write for a run owned by a worker take the run's
+fencing token and raise ``LeaseLost`` instead of writing when the token is stale (guarantee 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kernos.store._records import (
+    AgentVersion,
+    Claim,
+    Control,
+    Event,
+    Message,
+    NewRun,
+    Run,
+    RunState,
+    Schedule,
+    SchemaStatus,
+    SuspendResult,
+    WakeCheck,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What a heartbeat learned: runs whose lease was lost, and pending control requests."""
+
+    lost: frozenset[str]
+    control: dict[str, Control]
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    step: int
+    fire_at: float
+
+
+class Store(Protocol):
+    """A kernos database. Implementations: ``SqliteStore``-backed and ``PostgresStore``-backed."""
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password removed, for messages."""
+        ...
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        ...
+
+    async def migrate(self) -> SchemaStatus: ...
+    async def schema_status(self) -> SchemaStatus: ...
+    async def close(self) -> None: ...
+
+    async def register_agents(self, agents: Sequence[tuple[str, str]]) -> None: ...
+    async def list_agents(self) -> list[AgentVersion]: ...
+
+    async def create_run(self, new: NewRun) -> Run: ...
+    async def get_run(self, run_id: str) -> Run: ...
+    async def list_runs(
+        self,
+        *,
+        state: RunState | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+    ) -> list[Run]: ...
+    async def count_runs(self) -> dict[RunState, int]: ...
+    async def load_journal(self, run_id: str, *, after_seq: int = 0) -> list[Event]: ...
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        agents: Sequence[tuple[str, str]],
+        limit: int,
+        lease_ttl: float,
+        agent_limits: dict[str, int],
+    ) -> list[Claim]: ...
+    async def append(self, run_id: str, token: int, events: Sequence[Event]) -> None: ...
+    async def heartbeat(
+        self, *, worker_id: str, leases: dict[str, int], lease_ttl: float
+    ) -> Heartbeat: ...
+    async def finish(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        state: RunState,
+        events: Sequence[Event],
+        output: str | None = None,
+        error: str | None = None,
+    ) -> None: ...
+    async def suspend(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        waiting_for: str,
+        events: Sequence[Event],
+        timer: Timer | None,
+        wake_check: WakeCheck,
+    ) -> SuspendResult: ...
+    async def release(
+        self, run_id: str, token: int, *, state: RunState, events: Sequence[Event]
+    ) -> None: ...
+    async def take_message(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        topic: str,
+        step: int,
+        make_event: Callable[[Message], Event],
+    ) -> Message | None: ...
+    async def spawn(
+        self, run_id: str, token: int, *, events: Sequence[Event], child: NewRun
+    ) -> Run: ...
+    async def fire_timers(self) -> int: ...
+
+    async def send_message(
+        self, run_id: str, topic: str, payload: str, *, sender: str | None = None
+    ) -> Message: ...
+    async def pause(self, run_id: str, *, reason: str | None = None) -> Run: ...
+    async def resume(self, run_id: str, *, reason: str | None = None) -> Run: ...
+    async def cancel(self, run_id: str, *, reason: str | None = None) -> Run: ...
+
+    async def add_schedule(self, schedule: Schedule) -> Schedule: ...
+    async def list_schedules(self) -> list[Schedule]: ...
+    async def remove_schedule(self, name: str) -> None: ...
+    async def fire_schedules(
+        self, *, versions: dict[str, str], next_fire: Callable[[str, float], float]
+    ) -> list[Run]: ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new work may exist (PostgreSQL: a NOTIFY), or after ``timeout``."""
+        ...

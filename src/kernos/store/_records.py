@@ -1,0 +1,159 @@
+"""The rows kernos stores, as frozen dataclasses that cross the store boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RunState(StrEnum):
+    """Run states of DESIGN.md: queued → running → (waiting | paused) → running → terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)
+
+
+class SuspendResult(StrEnum):
+    """What ``Store.suspend`` did. Anything but SUSPENDED or PAUSED: keep the run, look again."""
+
+    SUSPENDED = "suspended"
+    PAUSED = "paused"
+    WAKE_PENDING = "wake_pending"
+    CANCEL_PENDING = "cancel_pending"
+
+
+class Control(StrEnum):
+    """A person's request to a run that a worker owns; acted on at the next step boundary."""
+
+    PAUSE = "pause"
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One agent run, as stored. JSON fields are kept as text and decoded by the caller."""
+
+    id: str
+    agent: str
+    agent_version: str
+    state: RunState
+    waiting_for: str | None
+    control: Control | None
+    input: str
+    output: str | None
+    error: str | None
+    priority: int
+    parent_id: str | None
+    schedule: str | None
+    created_at: float
+    updated_at: float
+    run_at: float
+    lease_owner: str | None
+    lease_token: int
+    lease_expires_at: float | None
+    claims: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """What a caller supplies to create a run; the store fills in the rest."""
+
+    id: str
+    agent: str
+    agent_version: str
+    input: str
+    priority: int = 0
+    run_at: float | None = None
+    parent_id: str | None = None
+    schedule: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One journal event. ``step`` is the position of the agent call it belongs to, if any."""
+
+    seq: int
+    type: str
+    step: int | None = None
+    name: str | None = None
+    attempt: int = 0
+    payload: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run this worker now owns, with the fencing token every append must carry."""
+
+    run: Run
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: int
+    run_id: str
+    topic: str
+    payload: str
+    sender: str | None
+    created_at: float
+    consumed_step: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    name: str
+    agent: str
+    cron: str
+    input: str
+    priority: int
+    next_fire_at: float
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentVersion:
+    name: str
+    version: str
+    registered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaStatus:
+    """Where the database's schema stands against this code's migrations."""
+
+    current: int
+    latest: int
+    pending: list[str]
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.latest
+
+
+@dataclass(frozen=True, slots=True)
+class MessageWait:
+    """Suspend only if no unconsumed message on ``topic`` is waiting already."""
+
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildWait:
+    """Suspend only if the child run has not ended already."""
+
+    child_id: str
+
+
+WakeCheck = MessageWait | ChildWait | None

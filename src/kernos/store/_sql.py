@@ -1,0 +1,957 @@
+"""``SqlStore``: the one implementation of ``Store``, on either dialect.
+
+The SQL is written once. Each public coroutine runs one short transaction on a thread of the
+store's own pool (the drivers block); appends go through the group committer instead, so that the
+events of concurrent runs share a commit.
+
+Races this code is written against (each has a conformance test):
+- a message or a child's completion arriving while the run suspends: both sides lock the run's
+  row first, so one of them always sees the other's write;
+- a re-claim while a stale owner appends: the append holds a share lock on the run's row and is
+  conditional on the fencing token;
+- two processes migrating at once: a migration lock (advisory / write lock) serialises them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from kernos.errors import (
+    InvalidInput,
+    InvalidState,
+    LeaseLost,
+    RunNotFound,
+    ScheduleNotFound,
+    SchemaMismatch,
+)
+from kernos.store._commit import GroupCommitter
+from kernos.store._dialect import Dialect, Row, Tx, iter_chunks, placeholders
+from kernos.store._ids import new_run_id
+from kernos.store._protocol import Heartbeat, Timer
+from kernos.store._records import (
+    AgentVersion,
+    ChildWait,
+    Claim,
+    Control,
+    Event,
+    Message,
+    MessageWait,
+    NewRun,
+    Run,
+    RunState,
+    Schedule,
+    SchemaStatus,
+    SuspendResult,
+    WakeCheck,
+)
+from kernos.store._schema import LATEST_VERSION, MIGRATIONS
+
+T = TypeVar("T")
+
+_RUN_COLUMNS = (
+    "id, agent, agent_version, state, waiting_for, control, input, output, error, priority, "
+    "parent_id, schedule, created_at, updated_at, run_at, lease_owner, lease_token, "
+    "lease_expires_at, claims"
+)
+_EVENT_COLUMNS = "run_id, seq, type, step, name, attempt, payload, created_at, duration"
+_INSERT_EVENT = f"INSERT INTO kernos_journal ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_FENCE = "SELECT 1 FROM kernos_runs WHERE id = ? AND lease_token = ? AND state = 'running'"
+_OWN = (
+    "UPDATE kernos_runs SET updated_at = ? "
+    "WHERE id = ? AND lease_token = ? AND state = 'running'"
+)
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+
+def _run(row: Row) -> Run:
+    return Run(
+        id=row[0],
+        agent=row[1],
+        agent_version=row[2],
+        state=RunState(row[3]),
+        waiting_for=row[4],
+        control=Control(row[5]) if row[5] else None,
+        input=row[6],
+        output=row[7],
+        error=row[8],
+        priority=row[9],
+        parent_id=row[10],
+        schedule=row[11],
+        created_at=row[12],
+        updated_at=row[13],
+        run_at=row[14],
+        lease_owner=row[15],
+        lease_token=row[16],
+        lease_expires_at=row[17],
+        claims=row[18],
+    )
+
+
+def _event(row: Row) -> Event:
+    return Event(
+        seq=row[0],
+        type=row[1],
+        step=row[2],
+        name=row[3],
+        attempt=row[4],
+        payload=json.loads(row[5]),
+        created_at=row[6],
+        duration=row[7],
+    )
+
+
+def _event_params(run_id: str, ev: Event, now: float) -> tuple[Any, ...]:
+    return (
+        run_id,
+        ev.seq,
+        ev.type,
+        ev.step,
+        ev.name,
+        ev.attempt,
+        json.dumps(ev.payload, separators=(",", ":")),
+        ev.created_at or now,
+        ev.duration,
+    )
+
+
+class SqlStore:
+    """A kernos database on SQLite or PostgreSQL. Create with ``open_store``."""
+
+    def __init__(
+        self, dialect: Dialect, *, threads: int = 8, max_payload: int = DEFAULT_MAX_PAYLOAD
+    ) -> None:
+        self._d = dialect
+        self._max_payload = max_payload
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kernos-store")
+        self._committer = GroupCommitter(
+            dialect.committer_tx, self._insert_fenced, dialect.translate, "kernos-commit"
+        )
+        self._closed = False
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._d.display_url
+
+    @property
+    def backend(self) -> str:
+        return self._d.name
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._d
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    def _check_size(self, what: str, text: str) -> None:
+        if len(text) > self._max_payload:
+            raise InvalidInput(
+                f"{what} is {len(text)} bytes, over the limit of {self._max_payload} bytes; "
+                f"store large data elsewhere and pass a reference (or raise "
+                f"KERNOS_MAX_PAYLOAD_BYTES)"
+            )
+
+    def _check_events(self, events: Sequence[Event]) -> None:
+        for ev in events:
+            size = len(json.dumps(ev.payload, separators=(",", ":")))
+            if size > self._max_payload:
+                raise InvalidInput(
+                    f"the {ev.type} event of step {ev.name!r} is {size} bytes, over the limit of "
+                    f"{self._max_payload} bytes; return a smaller value (or a reference to it)"
+                )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._committer.close)
+        self._pool.shutdown(wait=True)
+        self._d.close()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def _current_version(self, tx: Tx) -> int:
+        if not self._d.table_exists(tx, "kernos_schema"):
+            return 0
+        row = tx.fetchone("SELECT COALESCE(MAX(version), 0) FROM kernos_schema")
+        return int(row[0]) if row else 0
+
+    def _status(self, current: int) -> SchemaStatus:
+        pending = [f"{m.version}: {m.description}" for m in MIGRATIONS if m.version > current]
+        return SchemaStatus(current=current, latest=LATEST_VERSION, pending=pending)
+
+    def _refuse_newer(self, current: int) -> None:
+        if current > LATEST_VERSION:
+            raise SchemaMismatch(
+                f"the database {self.url} has schema version {current}, newer than the "
+                f"{LATEST_VERSION} this kernos knows; upgrade kernos (every worker and client) "
+                f"before using this database"
+            )
+
+    def _schema_status(self) -> SchemaStatus:
+        with self._d.read() as tx:
+            return self._status(self._current_version(tx))
+
+    async def schema_status(self) -> SchemaStatus:
+        return await self._call(self._schema_status)
+
+    def _migrate(self) -> SchemaStatus:
+        with self._d.write() as tx:
+            self._d.lock_migrations(tx)
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS kernos_schema (version INTEGER PRIMARY KEY, "
+                f"description TEXT NOT NULL, applied_at {self._d.ddl_types['float']} NOT NULL)"
+            )
+            current = self._current_version(tx)
+            self._refuse_newer(current)
+            for migration in MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                for statement in migration.statements:
+                    tx.execute(statement.format(**self._d.ddl_types))
+                tx.execute(
+                    "INSERT INTO kernos_schema (version, description, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.description, time.time()),
+                )
+                current = migration.version
+            return self._status(current)
+
+    async def migrate(self) -> SchemaStatus:
+        """Apply pending migrations; idempotent, and safe when processes start at once."""
+        return await self._call(self._migrate)
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def _register_agents(self, agents: Sequence[tuple[str, str]]) -> None:
+        with self._d.read() as tx:
+            known = {
+                (r[0], r[1]) for r in tx.fetchall("SELECT name, version FROM kernos_agents")
+            }
+        missing = [a for a in agents if a not in known]
+        if not missing:
+            return
+        with self._d.write() as tx:
+            now = time.time()
+            for name, version in missing:
+                tx.execute(
+                    "INSERT INTO kernos_agents (name, version, registered_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (name, version, now),
+                )
+
+    async def register_agents(self, agents: Sequence[tuple[str, str]]) -> None:
+        await self._call(self._register_agents, list(agents))
+
+    def _list_agents(self) -> list[AgentVersion]:
+        with self._d.read() as tx:
+            rows = tx.fetchall(
+                "SELECT name, version, registered_at FROM kernos_agents "
+                "ORDER BY name, registered_at"
+            )
+        return [AgentVersion(r[0], r[1], r[2]) for r in rows]
+
+    async def list_agents(self) -> list[AgentVersion]:
+        return await self._call(self._list_agents)
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def _insert_run(self, tx: Tx, new: NewRun, now: float) -> Run:
+        run_at = new.run_at if new.run_at is not None else now
+        tx.execute(
+            f"INSERT INTO kernos_runs ({_RUN_COLUMNS}) VALUES "
+            "(?, ?, ?, 'queued', NULL, NULL, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, 0)",
+            (
+                new.id,
+                new.agent,
+                new.agent_version,
+                new.input,
+                new.priority,
+                new.parent_id,
+                new.schedule,
+                now,
+                now,
+                run_at,
+            ),
+        )
+        self._d.notify(tx)
+        return Run(
+            id=new.id,
+            agent=new.agent,
+            agent_version=new.agent_version,
+            state=RunState.QUEUED,
+            waiting_for=None,
+            control=None,
+            input=new.input,
+            output=None,
+            error=None,
+            priority=new.priority,
+            parent_id=new.parent_id,
+            schedule=new.schedule,
+            created_at=now,
+            updated_at=now,
+            run_at=run_at,
+            lease_owner=None,
+            lease_token=0,
+            lease_expires_at=None,
+            claims=0,
+        )
+
+    def _create_run(self, new: NewRun) -> Run:
+        self._check_size(f"the input of run {new.id}", new.input)
+        with self._d.write() as tx:
+            if tx.fetchone("SELECT 1 FROM kernos_runs WHERE id = ?", (new.id,)) is not None:
+                raise InvalidInput(f"a run with id {new.id} exists already; ids must be unique")
+            return self._insert_run(tx, new, time.time())
+
+    async def create_run(self, new: NewRun) -> Run:
+        return await self._call(self._create_run, new)
+
+    def _get(self, tx: Tx, run_id: str, lock: str = "") -> Run:
+        row = tx.fetchone(f"SELECT {_RUN_COLUMNS} FROM kernos_runs WHERE id = ?{lock}", (run_id,))
+        if row is None:
+            raise RunNotFound(
+                f"run {run_id} not found in {self.url} (is KERNOS_DATABASE_URL pointing at the "
+                f"right database? `kernos runs` lists the runs it holds)"
+            )
+        return _run(row)
+
+    def _get_run(self, run_id: str) -> Run:
+        with self._d.read() as tx:
+            return self._get(tx, run_id)
+
+    async def get_run(self, run_id: str) -> Run:
+        return await self._call(self._get_run, run_id)
+
+    def _list_runs(self, state: RunState | None, agent: str | None, limit: int) -> list[Run]:
+        where, params = [], []
+        if state is not None:
+            where.append("state = ?")
+            params.append(state.value)
+        if agent is not None:
+            where.append("agent = ?")
+            params.append(agent)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._d.read() as tx:
+            rows = tx.fetchall(
+                f"SELECT {_RUN_COLUMNS} FROM kernos_runs{clause} ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            )
+        return [_run(r) for r in rows]
+
+    async def list_runs(
+        self, *, state: RunState | None = None, agent: str | None = None, limit: int = 100
+    ) -> list[Run]:
+        return await self._call(self._list_runs, state, agent, limit)
+
+    def _count_runs(self) -> dict[RunState, int]:
+        with self._d.read() as tx:
+            rows = tx.fetchall("SELECT state, COUNT(*) FROM kernos_runs GROUP BY state")
+        return {RunState(r[0]): int(r[1]) for r in rows}
+
+    async def count_runs(self) -> dict[RunState, int]:
+        return await self._call(self._count_runs)
+
+    def _load_journal(self, run_id: str, after_seq: int) -> list[Event]:
+        with self._d.read() as tx:
+            rows = tx.fetchall(
+                "SELECT seq, type, step, name, attempt, payload, created_at, duration "
+                "FROM kernos_journal WHERE run_id = ? AND seq > ? ORDER BY seq",
+                (run_id, after_seq),
+            )
+        return [_event(r) for r in rows]
+
+    async def load_journal(self, run_id: str, *, after_seq: int = 0) -> list[Event]:
+        return await self._call(self._load_journal, run_id, after_seq)
+
+    # -- claiming and leases --------------------------------------------------------------
+
+    def _claim(
+        self,
+        worker_id: str,
+        agents: Sequence[tuple[str, str]],
+        limit: int,
+        lease_ttl: float,
+        agent_limits: dict[str, int],
+    ) -> list[Claim]:
+        if limit <= 0 or not agents:
+            return []
+        keys = [f"{name}@{version}" for name, version in agents]
+        now = time.time()
+        with self._d.write() as tx:
+            allowance: dict[str, int] = {}
+            for agent in sorted(agent_limits):
+                self._d.lock_agent(tx, agent)
+                row = tx.fetchone(
+                    "SELECT COUNT(*) FROM kernos_runs WHERE agent = ? AND state = 'running' "
+                    "AND lease_expires_at >= ?",
+                    (agent, now),
+                )
+                allowance[agent] = agent_limits[agent] - int(row[0] if row else 0)
+            blocked = [a for a, n in allowance.items() if n <= 0]
+            exclude = f" AND agent NOT IN ({placeholders(len(blocked))})" if blocked else ""
+            rows = tx.fetchall(
+                f"SELECT {_RUN_COLUMNS} FROM kernos_runs "
+                "WHERE ((state = 'queued' AND run_at <= ?) "
+                "OR (state = 'running' AND lease_expires_at < ? "
+                "AND (lease_owner IS NULL OR lease_owner <> ?))) "
+                f"AND agent || '@' || agent_version IN ({placeholders(len(keys))}){exclude} "
+                f"ORDER BY priority DESC, run_at, id LIMIT ?{self._d.lock_skip}",
+                (now, now, worker_id, *keys, *blocked, limit),
+            )
+            chosen: list[Run] = []
+            for run in map(_run, rows):
+                if run.agent in allowance:
+                    if allowance[run.agent] <= 0:
+                        continue
+                    allowance[run.agent] -= 1
+                chosen.append(run)
+            if not chosen:
+                return []
+            expires = now + lease_ttl
+            ids = [r.id for r in chosen]
+            tx.execute(
+                "UPDATE kernos_runs SET state = 'running', waiting_for = NULL, lease_owner = ?, "
+                "lease_token = lease_token + 1, lease_expires_at = ?, claims = claims + 1, "
+                f"updated_at = ? WHERE id IN ({placeholders(len(ids))})",
+                (worker_id, expires, now, *ids),
+            )
+        claims = []
+        for r in chosen:
+            token = r.lease_token + 1
+            owned = Run(
+                **{
+                    **{f: getattr(r, f) for f in Run.__slots__},
+                    "state": RunState.RUNNING,
+                    "waiting_for": None,
+                    "lease_owner": worker_id,
+                    "lease_token": token,
+                    "lease_expires_at": expires,
+                    "claims": r.claims + 1,
+                    "updated_at": now,
+                }
+            )
+            claims.append(Claim(run=owned, token=token))
+        return claims
+
+    async def claim(
+        self,
+        *,
+        worker_id: str,
+        agents: Sequence[tuple[str, str]],
+        limit: int,
+        lease_ttl: float,
+        agent_limits: dict[str, int],
+    ) -> list[Claim]:
+        return await self._call(
+            self._claim, worker_id, list(agents), limit, lease_ttl, dict(agent_limits)
+        )
+
+    def _heartbeat(self, worker_id: str, leases: dict[str, int], lease_ttl: float) -> Heartbeat:
+        if not leases:
+            return Heartbeat(lost=frozenset(), control={})
+        now = time.time()
+        held: dict[str, tuple[int, str | None]] = {}
+        with self._d.write() as tx:
+            for chunk in iter_chunks(sorted(leases), 500):
+                rows = tx.fetchall(
+                    "UPDATE kernos_runs SET lease_expires_at = ? WHERE lease_owner = ? "
+                    f"AND state = 'running' AND id IN ({placeholders(len(chunk))}) "
+                    "RETURNING id, lease_token, control",
+                    (now + lease_ttl, worker_id, *chunk),
+                )
+                held.update({r[0]: (int(r[1]), r[2]) for r in rows})
+        lost = frozenset(rid for rid, token in leases.items() if held.get(rid, (-1,))[0] != token)
+        control = {
+            rid: Control(c) for rid, (_, c) in held.items() if c is not None and rid not in lost
+        }
+        return Heartbeat(lost=lost, control=control)
+
+    async def heartbeat(
+        self, *, worker_id: str, leases: dict[str, int], lease_ttl: float
+    ) -> Heartbeat:
+        return await self._call(self._heartbeat, worker_id, dict(leases), lease_ttl)
+
+    # -- appending (the hot path) ---------------------------------------------------------
+
+    def _insert_fenced(self, tx: Tx, run_id: str, token: int, events: Sequence[Event]) -> bool:
+        """Insert events only while ``token`` is the run's current fencing token."""
+        now = time.time()
+        if len(events) == 1:
+            inserted = tx.execute(
+                f"INSERT INTO kernos_journal ({_EVENT_COLUMNS}) "
+                "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
+                f"({_FENCE}{self._d.lock_fence})",
+                (*_event_params(run_id, events[0], now), run_id, token),
+            )
+            return inserted == 1
+        if tx.fetchone(_FENCE + self._d.lock_fence, (run_id, token)) is None:
+            return False
+        for ev in events:
+            tx.execute(_INSERT_EVENT, _event_params(run_id, ev, now))
+        return True
+
+    async def append(self, run_id: str, token: int, events: Sequence[Event]) -> None:
+        """Commit events to the run's journal, or raise ``LeaseLost`` and write nothing."""
+        self._check_events(events)
+        ok = await asyncio.wrap_future(self._committer.submit(run_id, token, events))
+        if not ok:
+            raise LeaseLost(run_id)
+
+    def _own(self, tx: Tx, run_id: str, token: int) -> None:
+        if tx.execute(_OWN, (time.time(), run_id, token)) != 1:
+            raise LeaseLost(run_id)
+
+    def _insert_events(self, tx: Tx, run_id: str, events: Sequence[Event]) -> None:
+        now = time.time()
+        for ev in events:
+            tx.execute(_INSERT_EVENT, _event_params(run_id, ev, now))
+
+    def _wake_parent(self, tx: Tx, child_id: str, parent_id: str) -> None:
+        # Lock the parent's row whatever its state: a parent suspending on this child at the
+        # same moment then either sees the child ended or is woken here (see module docstring).
+        row = tx.fetchone(
+            f"SELECT state, waiting_for FROM kernos_runs WHERE id = ?{self._d.lock_rows}",
+            (parent_id,),
+        )
+        if row and row[0] == "waiting" and row[1] == f"child:{child_id}":
+            tx.execute(
+                "UPDATE kernos_runs SET state = 'queued', waiting_for = NULL, run_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (time.time(), time.time(), parent_id),
+            )
+            self._d.notify(tx)
+
+    def _finish(
+        self,
+        run_id: str,
+        token: int,
+        state: RunState,
+        events: Sequence[Event],
+        output: str | None,
+        error: str | None,
+    ) -> None:
+        now = time.time()
+        with self._d.write() as tx:
+            row = tx.fetchone(
+                "UPDATE kernos_runs SET state = ?, output = ?, error = ?, waiting_for = NULL, "
+                "control = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                "WHERE id = ? AND lease_token = ? AND state = 'running' RETURNING parent_id",
+                (state.value, output, error, now, run_id, token),
+            )
+            if row is None:
+                raise LeaseLost(run_id)
+            self._insert_events(tx, run_id, events)
+            tx.execute("DELETE FROM kernos_timers WHERE run_id = ?", (run_id,))
+            if row[0] is not None:
+                self._wake_parent(tx, run_id, row[0])
+
+    async def finish(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        state: RunState,
+        events: Sequence[Event],
+        output: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        if output is not None:
+            self._check_size(f"the output of run {run_id}", output)
+        self._check_events(events)
+        await self._call(self._finish, run_id, token, state, list(events), output, error)
+
+    def _suspend(
+        self,
+        run_id: str,
+        token: int,
+        waiting_for: str,
+        events: Sequence[Event],
+        timer: Timer | None,
+        wake_check: WakeCheck,
+    ) -> SuspendResult:
+        now = time.time()
+        with self._d.write() as tx:
+            row = tx.fetchone(
+                f"SELECT lease_token, state, control FROM kernos_runs WHERE id = ?"
+                f"{self._d.lock_rows}",
+                (run_id,),
+            )
+            if row is None or row[0] != token or row[1] != "running":
+                raise LeaseLost(run_id)
+            if row[2] == Control.CANCEL:
+                return SuspendResult.CANCEL_PENDING
+            if self._wake_pending(tx, run_id, wake_check):
+                return SuspendResult.WAKE_PENDING
+            paused = row[2] == Control.PAUSE
+            tx.execute(
+                "UPDATE kernos_runs SET state = ?, waiting_for = ?, control = NULL, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+                ("paused" if paused else "waiting", waiting_for, now, run_id),
+            )
+            self._insert_events(tx, run_id, events)
+            tx.execute("DELETE FROM kernos_timers WHERE run_id = ?", (run_id,))
+            if timer is not None:
+                tx.execute(
+                    "INSERT INTO kernos_timers (run_id, step, fire_at) VALUES (?, ?, ?)",
+                    (run_id, timer.step, timer.fire_at),
+                )
+            return SuspendResult.PAUSED if paused else SuspendResult.SUSPENDED
+
+    def _wake_pending(self, tx: Tx, run_id: str, wake_check: WakeCheck) -> bool:
+        if isinstance(wake_check, MessageWait):
+            return (
+                tx.fetchone(
+                    "SELECT 1 FROM kernos_messages WHERE run_id = ? AND topic = ? "
+                    "AND consumed_step IS NULL LIMIT 1",
+                    (run_id, wake_check.topic),
+                )
+                is not None
+            )
+        if isinstance(wake_check, ChildWait):
+            row = tx.fetchone(
+                "SELECT state FROM kernos_runs WHERE id = ?", (wake_check.child_id,)
+            )
+            return row is not None and RunState(row[0]).terminal
+        return False
+
+    async def suspend(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        waiting_for: str,
+        events: Sequence[Event],
+        timer: Timer | None,
+        wake_check: WakeCheck,
+    ) -> SuspendResult:
+        """Park the run until woken; holds nothing in the worker afterwards (guarantee 4)."""
+        self._check_events(events)
+        return await self._call(
+            self._suspend, run_id, token, waiting_for, list(events), timer, wake_check
+        )
+
+    def _release(self, run_id: str, token: int, state: RunState, events: Sequence[Event]) -> None:
+        now = time.time()
+        clear_control = ", control = NULL" if state == RunState.PAUSED else ""
+        with self._d.write() as tx:
+            if (
+                tx.execute(
+                    f"UPDATE kernos_runs SET state = ?, lease_owner = NULL, lease_expires_at = NULL, "
+                    f"run_at = ?, updated_at = ?{clear_control} "
+                    "WHERE id = ? AND lease_token = ? AND state = 'running'",
+                    (state.value, now, now, run_id, token),
+                )
+                != 1
+            ):
+                raise LeaseLost(run_id)
+            self._insert_events(tx, run_id, events)
+            if state == RunState.QUEUED:
+                self._d.notify(tx)
+
+    async def release(
+        self, run_id: str, token: int, *, state: RunState, events: Sequence[Event]
+    ) -> None:
+        """Give the run back: ``queued`` (a draining worker) or ``paused`` (a person asked)."""
+        await self._call(self._release, run_id, token, state, list(events))
+
+    def _take_message(
+        self,
+        run_id: str,
+        token: int,
+        topic: str,
+        step: int,
+        make_event: Callable[[Message], Event],
+    ) -> Message | None:
+        with self._d.write() as tx:
+            self._own(tx, run_id, token)
+            row = tx.fetchone(
+                "SELECT id, run_id, topic, payload, sender, created_at, consumed_step "
+                "FROM kernos_messages WHERE run_id = ? AND topic = ? AND consumed_step IS NULL "
+                f"ORDER BY id LIMIT 1{self._d.lock_rows}",
+                (run_id, topic),
+            )
+            if row is None:
+                return None
+            message = Message(*row[:6], consumed_step=step)
+            tx.execute("UPDATE kernos_messages SET consumed_step = ? WHERE id = ?", (step, row[0]))
+            self._insert_events(tx, run_id, [make_event(message)])
+            return message
+
+    async def take_message(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        topic: str,
+        step: int,
+        make_event: Callable[[Message], Event],
+    ) -> Message | None:
+        """Consume the oldest message on ``topic`` and journal it, in one transaction."""
+        return await self._call(self._take_message, run_id, token, topic, step, make_event)
+
+    def _spawn(self, run_id: str, token: int, events: Sequence[Event], child: NewRun) -> Run:
+        with self._d.write() as tx:
+            self._own(tx, run_id, token)
+            existing = tx.fetchone(
+                f"SELECT {_RUN_COLUMNS} FROM kernos_runs WHERE id = ?", (child.id,)
+            )
+            self._insert_events(tx, run_id, events)
+            if existing is not None:
+                return _run(existing)
+            return self._insert_run(tx, child, time.time())
+
+    async def spawn(
+        self, run_id: str, token: int, *, events: Sequence[Event], child: NewRun
+    ) -> Run:
+        """Create a child run and journal that in the parent, atomically."""
+        self._check_size(f"the input of child run {child.id}", child.input)
+        self._check_events(events)
+        return await self._call(self._spawn, run_id, token, list(events), child)
+
+    def _fire_timers(self) -> int:
+        now = time.time()
+        with self._d.read() as tx:
+            due = tx.fetchone("SELECT 1 FROM kernos_timers WHERE fire_at <= ? LIMIT 1", (now,))
+        if due is None:
+            return 0
+        with self._d.write() as tx:
+            woken = tx.execute(
+                "UPDATE kernos_runs SET state = 'queued', waiting_for = NULL, run_at = ?, "
+                "updated_at = ? WHERE state = 'waiting' AND id IN "
+                "(SELECT run_id FROM kernos_timers WHERE fire_at <= ?)",
+                (now, now, now),
+            )
+            tx.execute("DELETE FROM kernos_timers WHERE fire_at <= ?", (now,))
+            if woken:
+                self._d.notify(tx)
+            return woken
+
+    async def fire_timers(self) -> int:
+        """Wake every waiting run whose timer is due; each timer fires once fleet-wide."""
+        return await self._call(self._fire_timers)
+
+    # -- people and other runs acting on a run --------------------------------------------
+
+    def _control_event(self, tx: Tx, run_id: str, kind: str, reason: str | None) -> None:
+        """Journal a control action on a run no worker owns (so no append can race it)."""
+        row = tx.fetchone(
+            "SELECT COALESCE(MAX(seq), 0) FROM kernos_journal WHERE run_id = ?", (run_id,)
+        )
+        seq = int(row[0] if row else 0) + 1
+        payload = {"reason": reason} if reason else {}
+        self._insert_events(tx, run_id, [Event(seq=seq, type=kind, payload=payload)])
+
+    def _send_message(
+        self, run_id: str, topic: str, payload: str, sender: str | None
+    ) -> Message:
+        now = time.time()
+        with self._d.write() as tx:
+            run = self._get(tx, run_id, self._d.lock_rows)
+            if run.state.terminal:
+                raise InvalidState(
+                    f"run {run_id} is {run.state.value}; a message to it would never be read"
+                )
+            row = tx.fetchone(
+                "INSERT INTO kernos_messages (run_id, topic, payload, sender, created_at) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (run_id, topic, payload, sender, now),
+            )
+            assert row is not None
+            if run.state == RunState.WAITING and run.waiting_for == f"message:{topic}":
+                tx.execute(
+                    "UPDATE kernos_runs SET state = 'queued', waiting_for = NULL, run_at = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (now, now, run_id),
+                )
+                self._d.notify(tx)
+            return Message(int(row[0]), run_id, topic, payload, sender, now, None)
+
+    async def send_message(
+        self, run_id: str, topic: str, payload: str, *, sender: str | None = None
+    ) -> Message:
+        """Put a message in the run's mailbox for ``topic``; wakes the run if it waits on it."""
+        self._check_size(f"the message to run {run_id}", payload)
+        return await self._call(self._send_message, run_id, topic, payload, sender)
+
+    def _pause(self, run_id: str, reason: str | None) -> Run:
+        now = time.time()
+        with self._d.write() as tx:
+            run = self._get(tx, run_id, self._d.lock_rows)
+            if run.state.terminal or run.state == RunState.PAUSED:
+                raise InvalidState(f"run {run_id} is {run.state.value}; only a live run pauses")
+            if run.state == RunState.RUNNING:
+                tx.execute(
+                    "UPDATE kernos_runs SET control = 'pause', updated_at = ? WHERE id = ?",
+                    (now, run_id),
+                )
+            else:
+                tx.execute(
+                    "UPDATE kernos_runs SET state = 'paused', updated_at = ? WHERE id = ?",
+                    (now, run_id),
+                )
+                self._control_event(tx, run_id, "run_paused", reason)
+            return self._get(tx, run_id)
+
+    async def pause(self, run_id: str, *, reason: str | None = None) -> Run:
+        """Pause now if no worker runs it, else at its next step boundary."""
+        return await self._call(self._pause, run_id, reason)
+
+    def _resume(self, run_id: str, reason: str | None) -> Run:
+        now = time.time()
+        with self._d.write() as tx:
+            run = self._get(tx, run_id, self._d.lock_rows)
+            if run.state == RunState.RUNNING and run.control == Control.PAUSE:
+                tx.execute(
+                    "UPDATE kernos_runs SET control = NULL, updated_at = ? WHERE id = ?",
+                    (now, run_id),
+                )
+            elif run.state == RunState.PAUSED:
+                tx.execute(
+                    "UPDATE kernos_runs SET state = 'queued', waiting_for = NULL, run_at = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (now, now, run_id),
+                )
+                self._control_event(tx, run_id, "run_resumed", reason)
+                self._d.notify(tx)
+            else:
+                raise InvalidState(
+                    f"run {run_id} is {run.state.value}, not paused; there is nothing to resume"
+                )
+            return self._get(tx, run_id)
+
+    async def resume(self, run_id: str, *, reason: str | None = None) -> Run:
+        return await self._call(self._resume, run_id, reason)
+
+    def _cancel(self, run_id: str, reason: str | None) -> Run:
+        now = time.time()
+        with self._d.write() as tx:
+            run = self._get(tx, run_id, self._d.lock_rows)
+            if run.state.terminal:
+                raise InvalidState(f"run {run_id} is {run.state.value} already")
+            if run.state == RunState.RUNNING:
+                tx.execute(
+                    "UPDATE kernos_runs SET control = 'cancel', updated_at = ? WHERE id = ?",
+                    (now, run_id),
+                )
+            elif run.claims == 0:
+                tx.execute(
+                    "UPDATE kernos_runs SET state = 'cancelled', control = NULL, "
+                    "waiting_for = NULL, updated_at = ? WHERE id = ?",
+                    (now, run_id),
+                )
+                self._control_event(tx, run_id, "run_cancelled", reason)
+                if run.parent_id is not None:
+                    self._wake_parent(tx, run_id, run.parent_id)
+            else:
+                # The agent started: wake it so it gets Cancelled where it waits, and cleans up.
+                tx.execute(
+                    "UPDATE kernos_runs SET state = 'queued', control = 'cancel', run_at = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (now, now, run_id),
+                )
+                self._control_event(tx, run_id, "cancel_requested", reason)
+                self._d.notify(tx)
+            return self._get(tx, run_id)
+
+    async def cancel(self, run_id: str, *, reason: str | None = None) -> Run:
+        return await self._call(self._cancel, run_id, reason)
+
+    # -- schedules ------------------------------------------------------------------------
+
+    def _add_schedule(self, s: Schedule) -> Schedule:
+        self._check_size(f"the input of schedule {s.name}", s.input)
+        with self._d.write() as tx:
+            if tx.fetchone("SELECT 1 FROM kernos_schedules WHERE name = ?", (s.name,)):
+                raise InvalidInput(
+                    f"a schedule named {s.name!r} exists already; remove it first "
+                    f"(kernos schedule remove {s.name})"
+                )
+            tx.execute(
+                "INSERT INTO kernos_schedules (name, agent, cron, input, priority, next_fire_at, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (s.name, s.agent, s.cron, s.input, s.priority, s.next_fire_at, s.created_at),
+            )
+        return s
+
+    async def add_schedule(self, schedule: Schedule) -> Schedule:
+        return await self._call(self._add_schedule, schedule)
+
+    def _list_schedules(self) -> list[Schedule]:
+        with self._d.read() as tx:
+            rows = tx.fetchall(
+                "SELECT name, agent, cron, input, priority, next_fire_at, created_at "
+                "FROM kernos_schedules ORDER BY name"
+            )
+        return [Schedule(*r) for r in rows]
+
+    async def list_schedules(self) -> list[Schedule]:
+        return await self._call(self._list_schedules)
+
+    def _remove_schedule(self, name: str) -> None:
+        with self._d.write() as tx:
+            if tx.execute("DELETE FROM kernos_schedules WHERE name = ?", (name,)) != 1:
+                raise ScheduleNotFound(
+                    f"no schedule named {name!r} (kernos schedule list shows them)"
+                )
+
+    async def remove_schedule(self, name: str) -> None:
+        await self._call(self._remove_schedule, name)
+
+    def _fire_schedules(
+        self, versions: dict[str, str], next_fire: Callable[[str, float], float]
+    ) -> list[Run]:
+        now = time.time()
+        with self._d.read() as tx:
+            due = [
+                Schedule(*r)
+                for r in tx.fetchall(
+                    "SELECT name, agent, cron, input, priority, next_fire_at, created_at "
+                    "FROM kernos_schedules WHERE next_fire_at <= ?",
+                    (now,),
+                )
+            ]
+        fired: list[Run] = []
+        for s in due:
+            if s.agent not in versions:
+                continue
+            with self._d.write() as tx:
+                # Conditional on the tick read above: of all workers, exactly one advances it.
+                if (
+                    tx.execute(
+                        "UPDATE kernos_schedules SET next_fire_at = ? "
+                        "WHERE name = ? AND next_fire_at = ?",
+                        (next_fire(s.cron, now), s.name, s.next_fire_at),
+                    )
+                    != 1
+                ):
+                    continue
+                new = NewRun(
+                    id=new_run_id(),
+                    agent=s.agent,
+                    agent_version=versions[s.agent],
+                    input=s.input,
+                    priority=s.priority,
+                    schedule=s.name,
+                )
+                fired.append(self._insert_run(tx, new, now))
+        return fired
+
+    async def fire_schedules(
+        self, *, versions: dict[str, str], next_fire: Callable[[str, float], float]
+    ) -> list[Run]:
+        """Start a run for every due schedule of an agent in ``versions``, once per tick."""
+        return await self._call(self._fire_schedules, dict(versions), next_fire)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        if self._d.name == "sqlite":
+            await asyncio.sleep(timeout)
+            return
+        await self._call(self._d.wait_for_notify, timeout)

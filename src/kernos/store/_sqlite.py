@@ -1,0 +1,191 @@
+"""The SQLite dialect: one file in WAL mode, safe for several worker processes on one machine.
+
+Writers take the database's write lock at ``BEGIN IMMEDIATE``, so every write transaction is
+serialised across threads and processes; that is what makes claiming safe without row locks.
+``synchronous=FULL``: a commit is on disk before it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kernos.errors import ConfigError, StoreFull, StoreUnavailable
+from kernos.store._dialect import Params, Row, Tx
+
+_BUSY_TIMEOUT_MS = 30_000
+_FULL_CODES = {sqlite3.SQLITE_FULL}
+_UNAVAILABLE_CODES = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_READONLY,
+}
+
+
+class _Cursor:
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: sqlite3.Cursor) -> None:
+        self._cur = cur
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        self._cur.execute(sql, params)
+        return self._cur.rowcount
+
+    def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return self._cur.execute(sql, params).fetchall()
+
+    def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        row: Row | None = self._cur.execute(sql, params).fetchone()
+        return row
+
+
+class SqliteDialect:
+    name = "sqlite"
+    lock_rows = ""
+    lock_skip = ""
+    lock_fence = ""
+    ddl_types = {
+        "float": "REAL",
+        "bigint": "INTEGER",
+        "serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    }
+
+    def __init__(self, path: str, *, max_page_count: int | None = None) -> None:
+        if path in ("", ":memory:"):
+            raise ConfigError(
+                "an in-memory SQLite database cannot be shared by kernos' connections and "
+                "workers; give a file path, e.g. sqlite:///.kernos/kernos.db"
+            )
+        self.path = Path(path)
+        self.display_url = f"sqlite:///{path}"
+        self._max_page_count = max_page_count
+        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._committer: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the directory of the SQLite database {self.path}: {exc} "
+                f"(set KERNOS_DATABASE_URL=sqlite:///a/writable/path.db)"
+            ) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            if self._max_page_count is not None:
+                conn.execute(f"PRAGMA max_page_count={int(self._max_page_count)}")
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from exc
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def _acquire(self) -> sqlite3.Connection:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return self._connect()
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection, begin: str) -> Iterator[Tx]:
+        try:
+            conn.execute(begin)
+            try:
+                yield _Cursor(conn.cursor())
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from exc
+
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        conn = self._acquire()
+        try:
+            with self._transaction(conn, "BEGIN IMMEDIATE") as tx:
+                yield tx
+        finally:
+            self._pool.put(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        conn = self._acquire()
+        try:
+            with self._transaction(conn, "BEGIN") as tx:
+                yield tx
+        finally:
+            self._pool.put(conn)
+
+    @contextmanager
+    def committer_tx(self) -> Iterator[Tx]:
+        if self._committer is None:
+            self._committer = self._connect()
+        with self._transaction(self._committer, "BEGIN IMMEDIATE") as tx:
+            yield tx
+
+    def set_max_page_count(self, pages: int | None) -> None:
+        """Cap the file's size (tests use it to fill the disk); None lifts the cap."""
+        self._max_page_count = pages
+        value = pages if pages is not None else 1073741823
+        with self._lock:
+            conns = list(self._all)
+        for conn in conns:
+            conn.execute(f"PRAGMA max_page_count={int(value)}")
+
+    def lock_migrations(self, tx: Tx) -> None:
+        """``BEGIN IMMEDIATE`` already holds the database's only write lock."""
+
+    def lock_agent(self, tx: Tx, agent: str) -> None:
+        """Claims run under the write lock, which already serialises them."""
+
+    def table_exists(self, tx: Tx, table: str) -> bool:
+        row = tx.fetchone("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
+        return row is not None
+
+    def notify(self, tx: Tx) -> None:
+        """SQLite has no notifications; workers poll (and wake at once in-process)."""
+
+    def wait_for_notify(self, timeout: float) -> bool:
+        return False
+
+    def translate(self, exc: BaseException) -> BaseException:
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            code &= 0xFF  # primary result code of an extended code
+        if code in _FULL_CODES:
+            return StoreFull(
+                f"the SQLite database {self.path} is full ({exc}); nothing of the failed write "
+                f"was kept. Free disk space (or raise max_page_count) and retry."
+            )
+        if code in _UNAVAILABLE_CODES:
+            return StoreUnavailable(
+                f"the SQLite database {self.path} is not usable right now ({exc}); check the "
+                f"file's permissions and that the disk is healthy, then retry"
+            )
+        return exc
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._committer = None
