@@ -51,10 +51,10 @@ def _redact(url: str) -> str:
         parts = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "postgresql://<unparseable url>"
-    host = parts.get("host", "localhost")
-    port = parts.get("port", "5432")
-    user = parts.get("user", "")
-    db = parts.get("dbname", "")
+    host = str(parts.get("host") or "localhost")
+    port = str(parts.get("port") or "5432")
+    user = str(parts.get("user") or "")
+    db = str(parts.get("dbname") or "")
     return f"postgresql://{user + '@' if user else ''}{host}:{port}/{db}"
 
 
@@ -85,7 +85,7 @@ class PostgresDialect:
         params.setdefault("keepalives_idle", "5")
         params.setdefault("keepalives_interval", "2")
         params.setdefault("keepalives_count", "3")
-        self._conninfo = make_conninfo(**params)
+        self._conninfo = make_conninfo("", **params)
         self._pool = ConnectionPool(
             self._conninfo,
             min_size=1,

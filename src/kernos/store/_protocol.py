@@ -116,6 +116,7 @@ class Store(Protocol):
         *,
         topic: str,
         step: int,
+        before: Sequence[Event] = (),
         make_event: Callable[[Message], Event],
     ) -> Message | None: ...
     async def spawn(

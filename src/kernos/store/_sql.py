@@ -668,6 +668,7 @@ class SqlStore:
         token: int,
         topic: str,
         step: int,
+        before: Sequence[Event],
         make_event: Callable[[Message], Event],
     ) -> Message | None:
         with self._d.write() as tx:
@@ -680,9 +681,9 @@ class SqlStore:
             )
             if row is None:
                 return None
-            message = Message(*row[:6], consumed_step=step)
+            message = Message(row[0], row[1], row[2], row[3], row[4], row[5], step)
             tx.execute("UPDATE kernos_messages SET consumed_step = ? WHERE id = ?", (step, row[0]))
-            self._insert_events(tx, run_id, [make_event(message)])
+            self._insert_events(tx, run_id, [*before, make_event(message)])
             return message
 
     async def take_message(
@@ -692,10 +693,17 @@ class SqlStore:
         *,
         topic: str,
         step: int,
+        before: Sequence[Event] = (),
         make_event: Callable[[Message], Event],
     ) -> Message | None:
-        """Consume the oldest message on ``topic`` and journal it, in one transaction."""
-        return await self._call(self._take_message, run_id, token, topic, step, make_event)
+        """Consume the oldest message on ``topic`` and journal it, in one transaction.
+
+        ``before`` are events committed in the same transaction ahead of the message's own;
+        when no message is waiting, nothing at all is written.
+        """
+        return await self._call(
+            self._take_message, run_id, token, topic, step, list(before), make_event
+        )
 
     def _spawn(self, run_id: str, token: int, events: Sequence[Event], child: NewRun) -> Run:
         with self._d.write() as tx:

@@ -1,0 +1,80 @@
+"""kernos: an operating system for production LLM agents.
+
+Runs are durable (a run is its journal, replayed after any crash), owned by one worker at a time,
+traced event by event, and able to wait for days at no cost. See README.md and DESIGN.md.
+"""
+
+from kernos.errors import (
+    AgentNotFound,
+    Cancelled,
+    ChildRunFailed,
+    ConfigError,
+    DeterminismError,
+    InfrastructureError,
+    InvalidInput,
+    InvalidState,
+    KernosError,
+    LeaseLost,
+    NotSerializable,
+    RunError,
+    RunNotFound,
+    ScheduleNotFound,
+    SchemaMismatch,
+    StepFailed,
+    StoreFull,
+    StoreUnavailable,
+    UsageError,
+)
+from kernos.kernel import (
+    ChildHandle,
+    Client,
+    RetryPolicy,
+    RunContext,
+    Settings,
+    Worker,
+    WorkerConfig,
+    agent,
+    connect,
+    idempotency_key,
+    retry,
+)
+from kernos.store import Event, Run, RunState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentNotFound",
+    "Cancelled",
+    "ChildHandle",
+    "ChildRunFailed",
+    "Client",
+    "ConfigError",
+    "DeterminismError",
+    "Event",
+    "InfrastructureError",
+    "InvalidInput",
+    "InvalidState",
+    "KernosError",
+    "LeaseLost",
+    "NotSerializable",
+    "RetryPolicy",
+    "Run",
+    "RunContext",
+    "RunError",
+    "RunNotFound",
+    "RunState",
+    "ScheduleNotFound",
+    "SchemaMismatch",
+    "Settings",
+    "StepFailed",
+    "StoreFull",
+    "StoreUnavailable",
+    "UsageError",
+    "Worker",
+    "WorkerConfig",
+    "__version__",
+    "agent",
+    "connect",
+    "idempotency_key",
+    "retry",
+]

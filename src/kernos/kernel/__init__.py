@@ -1,0 +1,31 @@
+"""The kernel layer: durable runs by replay, workers, leases, timers, messages, schedules."""
+
+from kernos.kernel._client import Client, connect, format_time, output_of
+from kernos.kernel._context import ChildHandle, RunContext
+from kernos.kernel._execution import idempotency_key
+from kernos.kernel._faults import Faults
+from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_app
+from kernos.kernel._retry import RetryPolicy, retry
+from kernos.kernel._settings import Settings
+from kernos.kernel._worker import Worker, WorkerConfig
+
+__all__ = [
+    "REGISTRY",
+    "AgentSpec",
+    "ChildHandle",
+    "Client",
+    "Faults",
+    "Registry",
+    "RetryPolicy",
+    "RunContext",
+    "Settings",
+    "Worker",
+    "WorkerConfig",
+    "agent",
+    "connect",
+    "format_time",
+    "idempotency_key",
+    "load_app",
+    "output_of",
+    "retry",
+]

@@ -1,0 +1,204 @@
+"""``Client``: start runs and act on them, from scripts, tests, the CLI and the API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kernos.errors import AgentNotFound, InvalidInput
+from kernos.kernel._codec import encode
+from kernos.kernel._cron import next_fire, validate_cron
+from kernos.kernel._registry import REGISTRY, Registry
+from kernos.kernel._settings import Settings
+from kernos.store import (
+    Event,
+    Message,
+    NewRun,
+    Run,
+    RunState,
+    Schedule,
+    Store,
+    new_run_id,
+    open_store,
+)
+
+
+class Client:
+    """A handle on a kernos database. Every method is one short transaction.
+
+    ``registry`` is used to check the agent and validate input before a run is created; agents
+    it does not know are looked up among those workers have registered in the database.
+    """
+
+    def __init__(self, store: Store, registry: Registry | None = None) -> None:
+        self.store = store
+        self.registry = registry if registry is not None else REGISTRY
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _version_of(self, agent: str, version: str | None) -> str:
+        if agent in self.registry:
+            spec = self.registry.get(agent, version)
+            return spec.version
+        known = [a for a in await self.store.list_agents() if a.name == agent]
+        if version is not None and any(a.version == version for a in known):
+            return version
+        if known and version is None:
+            return known[-1].version
+        names = sorted({a.name for a in await self.store.list_agents()} | {
+            s.name for s in self.registry})
+        raise AgentNotFound(
+            f"no agent named {agent!r}{f' at version {version!r}' if version else ''} is known "
+            f"(known: {', '.join(names) or 'none'}); pass --app MODULE, or start a worker for "
+            f"it first so that it registers its agents"
+        )
+
+    def _encode_input(self, agent: str, version: str, value: Any) -> str:
+        if agent in self.registry:
+            model = self.registry.get(agent, version).input_model
+            if model is not None:
+                try:
+                    model.model_validate(value)
+                except ValidationError as exc:
+                    raise InvalidInput(
+                        f"the input does not match {model.__name__}, the input type of agent "
+                        f"{agent!r}: {exc}"
+                    ) from exc
+        try:
+            return encode(value, "the run's input")
+        except Exception as exc:
+            raise InvalidInput(str(exc)) from exc
+
+    async def start(
+        self,
+        agent: str,
+        input: Any = None,
+        *,
+        version: str | None = None,
+        priority: int = 0,
+        delay: float | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """Create a run (``queued``); a worker that has the agent's code will execute it."""
+        resolved = await self._version_of(agent, version)
+        text = self._encode_input(agent, resolved, input)
+        if delay is not None and delay < 0:
+            raise InvalidInput(f"delay must be >= 0 seconds, not {delay}")
+        run_at = time.time() + delay if delay else None
+        return await self.store.create_run(
+            NewRun(
+                id=run_id or new_run_id(),
+                agent=agent,
+                agent_version=resolved,
+                input=text,
+                priority=priority,
+                run_at=run_at,
+            )
+        )
+
+    async def get(self, run_id: str) -> Run:
+        return await self.store.get_run(run_id)
+
+    async def runs(
+        self, *, state: RunState | None = None, agent: str | None = None, limit: int = 100
+    ) -> list[Run]:
+        return await self.store.list_runs(state=state, agent=agent, limit=limit)
+
+    async def journal(self, run_id: str, *, after_seq: int = 0) -> list[Event]:
+        await self.store.get_run(run_id)  # RunNotFound for an unknown id, not an empty list
+        return await self.store.load_journal(run_id, after_seq=after_seq)
+
+    async def wait(self, run_id: str, *, timeout: float | None = None, poll: float = 0.05) -> Run:
+        """Wait until the run is completed, failed or cancelled; ``TimeoutError`` otherwise."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = await self.store.get_run(run_id)
+            if run.state.terminal:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"run {run_id} is still {run.state.value} after {timeout} s"
+                    + (f" (waiting for {run.waiting_for})" if run.waiting_for else "")
+                )
+            await asyncio.sleep(poll)
+
+    async def send(self, run_id: str, topic: str, payload: Any, *, sender: str | None = None
+                   ) -> Message:
+        text = encode(payload, "the message")
+        return await self.store.send_message(run_id, topic, text, sender=sender)
+
+    async def pause(self, run_id: str, *, reason: str | None = None) -> Run:
+        return await self.store.pause(run_id, reason=reason)
+
+    async def resume(self, run_id: str, *, reason: str | None = None) -> Run:
+        return await self.store.resume(run_id, reason=reason)
+
+    async def cancel(self, run_id: str, *, reason: str | None = None) -> Run:
+        return await self.store.cancel(run_id, reason=reason)
+
+    async def add_schedule(
+        self, name: str, agent: str, cron: str, input: Any = None, *, priority: int = 0
+    ) -> Schedule:
+        validate_cron(cron)
+        version = await self._version_of(agent, None)
+        text = self._encode_input(agent, version, input)
+        now = time.time()
+        return await self.store.add_schedule(
+            Schedule(name, agent, cron, text, priority, next_fire(cron, now), now)
+        )
+
+    async def schedules(self) -> list[Schedule]:
+        return await self.store.list_schedules()
+
+    async def remove_schedule(self, name: str) -> None:
+        await self.store.remove_schedule(name)
+
+
+def output_of(run: Run) -> Any:
+    """The decoded output of a completed run."""
+    if run.output is None:
+        return None
+    return json.loads(run.output)
+
+
+def format_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def connect(
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    registry: Registry | None = None,
+    migrate: bool = True,
+) -> Client:
+    """Open the database (``url``, else ``KERNOS_DATABASE_URL``, else ``.kernos/kernos.db``),
+    apply pending migrations, and return a ``Client``."""
+    settings = settings or Settings()
+    store = open_store(url or settings.database_url, max_payload=settings.max_payload_bytes)
+    try:
+        if migrate:
+            await store.migrate()
+        else:
+            await store.schema_status()
+    except BaseException:
+        await store.close()
+        raise
+    return Client(store, registry)
+
+
+

@@ -1,0 +1,111 @@
+"""``RunContext``: what agent code sees. Every call on it is a journaled, replayable step."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from kernos.errors import UsageError
+from kernos.kernel._execution import Execution
+
+T = TypeVar("T")
+
+
+def _seconds(value: float | timedelta) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds < 0:
+        raise UsageError(f"a duration cannot be negative ({seconds} s)")
+    return seconds
+
+
+class ChildHandle:
+    """A child run started with ``ctx.spawn``; ``await handle.result()`` waits durably."""
+
+    def __init__(self, execution: Execution, run_id: str, agent: str) -> None:
+        self._execution = execution
+        self.run_id = run_id
+        self.agent = agent
+
+    async def result(self) -> Any:
+        """The child's output; raises ``ChildRunFailed`` if it failed or was cancelled.
+
+        While the child runs, the parent holds nothing in any worker (guarantee 4).
+        """
+        return await self._execution.child_result(self.run_id)
+
+
+class RunContext:
+    """The durable context of one run.
+
+    Agent code must be deterministic given the results of these calls: take time, randomness
+    and ids from ``now()``, ``uuid()`` and ``random()``, and do I/O inside ``step``. Replay then
+    takes the same path, and a divergence is reported as ``DeterminismError`` (guarantee 8).
+    """
+
+    def __init__(self, execution: Execution) -> None:
+        self._x = execution
+
+    @property
+    def run_id(self) -> str:
+        return self._x.run_id
+
+    @property
+    def agent(self) -> str:
+        return self._x.run.agent
+
+    @property
+    def agent_version(self) -> str:
+        return self._x.run.agent_version
+
+    @property
+    def parent_id(self) -> str | None:
+        return self._x.run.parent_id
+
+    async def step(
+        self, name: str, fn: Callable[..., Awaitable[T] | T], /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` once and journal its result (guarantees 1 and 2).
+
+        On replay the recorded result is returned and ``fn`` is not called. A failing attempt
+        is journaled and retried per the function's ``@kernos.retry`` policy (or the agent's);
+        when attempts run out, ``StepFailed`` is raised here. ``fn`` may be sync (it runs on a
+        thread) or async. Its result must be JSON (or a pydantic model): what is returned is
+        what replay will return. Inside ``fn``, ``kernos.idempotency_key()`` is stable.
+        """
+        if not isinstance(name, str) or not name:
+            raise UsageError("ctx.step needs a non-empty step name as its first argument")
+        return await self._x.step(name, fn, args, kwargs)
+
+    async def sleep(self, duration: float | timedelta) -> None:
+        """Wait durably: the run is parked in the store and woken when the timer is due."""
+        await self._x.sleep(_seconds(duration))
+
+    async def wait_for_message(
+        self, topic: str, timeout: float | timedelta | None = None, default: Any = None
+    ) -> Any:
+        """The next message sent to this run on ``topic`` (``kernos send RUN TOPIC JSON``).
+
+        Returns ``default`` if ``timeout`` passes first. Messages sent before the call wait in
+        the run's mailbox; each is delivered once.
+        """
+        seconds = None if timeout is None else _seconds(timeout)
+        return await self._x.wait_for_message(topic, seconds, default)
+
+    def now(self) -> datetime:
+        """The current time (UTC), recorded so that replay sees the same value."""
+        return self._x.now()
+
+    def uuid(self) -> uuid.UUID:
+        """A random UUID, recorded for replay."""
+        return self._x.uuid()
+
+    def random(self) -> float:
+        """A uniform random float in [0, 1), recorded for replay."""
+        return self._x.random()
+
+    async def spawn(self, agent: str, input: Any = None, *, version: str | None = None) -> ChildHandle:
+        """Start a child run of ``agent``; linked to this run, with its own journal."""
+        child_id = await self._x.spawn(agent, input, version)
+        return ChildHandle(self._x, child_id, agent)

@@ -1,0 +1,576 @@
+"""Executing one claimed run by replaying its journal (the core of guarantees 1, 2, 4 and 8).
+
+The agent's code runs from the top on every claim. Each ``ctx`` call takes the next step
+position; when the journal already holds that position's result, the call returns it without
+running anything; otherwise the call runs live and commits its result before returning. A call
+that must wait (a timer, a message, a child run) suspends the run: the coroutine is unwound with
+an internal ``BaseException`` and the run becomes rows in the store until woken (guarantee 4).
+
+Writes are as few as correctness allows: events that need no commit of their own (the claim, a
+recorded ``ctx.now()``) wait in ``_pending`` and go out with the next write, in the same
+transaction, so a step costs one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import json
+import logging
+import random
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kernos.errors import (
+    AgentNotFound,
+    Cancelled,
+    ChildRunFailed,
+    InvalidInput,
+    KernosError,
+    LeaseLost,
+    NotSerializable,
+    StepFailed,
+    UsageError,
+)
+from kernos.kernel._codec import encode, parse_json, roundtrip
+from kernos.kernel._faults import Faults
+from kernos.kernel._registry import AgentSpec, Registry
+from kernos.kernel._replay import CANCEL_DELIVERED, History
+from kernos.kernel._retry import policy_of
+from kernos.store import (
+    ChildWait,
+    Claim,
+    Control,
+    Event,
+    Message,
+    MessageWait,
+    NewRun,
+    RunState,
+    Store,
+    SuspendResult,
+    Timer,
+    WakeCheck,
+    new_run_id,
+)
+
+log = logging.getLogger("kernos.worker")
+
+_current_key: contextvars.ContextVar[str] = contextvars.ContextVar("kernos_idempotency_key")
+
+#: a wait this short is slept in the worker rather than parked in the store
+INLINE_SLEEP_MAX = 1.0
+
+
+def idempotency_key() -> str:
+    """The stable key ``<run_id>:<seq>`` of the step being executed (guarantee 2).
+
+    The same on every attempt and after every crash and replay, so a tool or provider can
+    deduplicate the effect. Only meaningful inside a step's function.
+    """
+    try:
+        return _current_key.get()
+    except LookupError:
+        raise UsageError(
+            "kernos.idempotency_key() was called outside a step; call it inside the function "
+            "passed to ctx.step(...)"
+        ) from None
+
+
+class Suspend(BaseException):
+    """Unwinds the agent's code when the run must wait; never seen by user code."""
+
+    def __init__(
+        self, waiting_for: str, events: list[Event], timer: Timer | None, wake: WakeCheck
+    ) -> None:
+        self.waiting_for = waiting_for
+        self.events = events
+        self.timer = timer
+        self.wake = wake
+
+
+class Yield(BaseException):
+    """Unwinds the agent's code to hand the run back (paused, or a draining worker)."""
+
+    def __init__(self, state: RunState, event_type: str) -> None:
+        self.state = state
+        self.event_type = event_type
+
+
+def _error_payload(exc: BaseException) -> dict[str, Any]:
+    return {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+@dataclass(slots=True)
+class WorkerSignals:
+    """What the worker tells its executions: drain, and which leases it lost."""
+
+    draining: bool = False
+
+
+class Execution:
+    """One claim of one run, from loading its journal to suspending, releasing or finishing."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        claim: Claim,
+        signals: WorkerSignals,
+        faults: Faults,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.claim = claim
+        self.run = claim.run
+        self.run_id = claim.run.id
+        self.token = claim.token
+        self.signals = signals
+        self.faults = faults
+        self.control: Control | None = claim.run.control
+        self.lost = False
+        self.spec: AgentSpec | None = None
+        self._history = History(())
+        self._seq = 0
+        self._pos = 0
+        self._pending: list[Event] = []
+        self._cancel_sent = False
+
+    # -- the outer loop ---------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        """Run the agent until it finishes, waits, yields, or the lease is lost."""
+        try:
+            self.spec = self.registry.get(self.run.agent, self.run.agent_version)
+        except AgentNotFound as exc:
+            await self._finish(RunState.FAILED, error=exc)
+            return
+        try:
+            while True:
+                if await self._attempt():
+                    return
+        except LeaseLost:
+            log.warning("run %s: lease lost; stopped without writing", self.run_id)
+        except asyncio.CancelledError:
+            if not self.lost:
+                await asyncio.shield(self._release_quietly())
+            raise
+
+    async def _attempt(self) -> bool:
+        """Replay the agent once; True when done with this claim, False to replay again."""
+        self._history = History(await self.store.load_journal(self.run_id))
+        self._seq = self._history.last_seq
+        self._pos = 0
+        self._pending = []
+        self._cancel_sent = False
+        if not any(
+            ev.type == "run_claimed" and ev.payload.get("token") == self.token
+            for ev in self._history.events
+        ):
+            self._buffer(
+                "run_claimed",
+                payload={
+                    "worker": self.run.lease_owner,
+                    "token": self.token,
+                    "claim": self.run.claims,
+                    "replaying": self._history.last_step,
+                },
+            )
+        assert self.spec is not None
+        try:
+            output = await self._invoke(self.spec)
+        except Suspend as s:
+            return await self._suspend(s)
+        except Yield as y:
+            await self.store.release(
+                self.run_id, self.token, state=y.state, events=self._flush([self._event(y.event_type)])
+            )
+            return True
+        except Cancelled as exc:
+            await self._finish(RunState.CANCELLED, error=exc)
+            return True
+        except (KernosError, Exception) as exc:
+            if self._history.cancel_delivered() or self._cancel_sent:
+                await self._finish(RunState.CANCELLED, error=exc)
+            else:
+                await self._finish(RunState.FAILED, error=exc)
+            return True
+        if self._history.cancel_delivered() or self._cancel_sent:
+            await self._finish(RunState.CANCELLED, output=output)
+        else:
+            await self._finish(RunState.COMPLETED, output=output)
+        return True
+
+    async def _invoke(self, spec: AgentSpec) -> Any:
+        from kernos.kernel._context import RunContext
+
+        value = parse_json(self.run.input, f"the input of run {self.run_id}")
+        if spec.input_model is not None:
+            try:
+                value = spec.input_model.model_validate(value)
+            except ValidationError as exc:
+                raise InvalidInput(
+                    f"the input of run {self.run_id} does not match "
+                    f"{spec.input_model.__name__}: {exc}"
+                ) from exc
+        result = await spec.fn(RunContext(self), value)
+        self._history.check_finished(self._pos)
+        return result
+
+    async def _suspend(self, s: Suspend) -> bool:
+        result = await self.store.suspend(
+            self.run_id,
+            self.token,
+            waiting_for=s.waiting_for,
+            events=self._flush(s.events),
+            timer=s.timer,
+            wake_check=s.wake,
+        )
+        if result in (SuspendResult.SUSPENDED, SuspendResult.PAUSED):
+            return True
+        if result == SuspendResult.CANCEL_PENDING:
+            self.control = Control.CANCEL
+        return False  # what it waits for is there already (or a cancel is): replay again
+
+    async def _finish(
+        self, state: RunState, *, output: Any = None, error: BaseException | None = None
+    ) -> None:
+        out_text = None
+        err_text = None
+        payload: dict[str, Any] = {}
+        if error is not None:
+            payload["error"] = _error_payload(error)
+            err_text = json.dumps(payload["error"])
+        if state == RunState.COMPLETED:
+            try:
+                out_text = encode(output, f"the output of run {self.run_id}")
+            except NotSerializable as exc:
+                return await self._finish(RunState.FAILED, error=exc)
+            payload["output"] = json.loads(out_text)
+        events = self._flush([self._event(f"run_{state.value}", payload=payload)])
+        await self.store.finish(
+            self.run_id, self.token, state=state, events=events, output=out_text, error=err_text
+        )
+
+    async def _release_quietly(self) -> None:
+        """A worker shutting down past its grace period gives its runs back."""
+        try:
+            await self.store.release(
+                self.run_id,
+                self.token,
+                state=RunState.QUEUED,
+                events=self._flush([self._event("run_released", payload={"why": "shutdown"})]),
+            )
+        except (LeaseLost, KernosError) as exc:
+            log.warning("run %s: could not release on shutdown: %s", self.run_id, exc)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _event(
+        self,
+        type_: str,
+        *,
+        step: int | None = None,
+        name: str | None = None,
+        attempt: int = 0,
+        payload: dict[str, Any] | None = None,
+        duration: float | None = None,
+    ) -> Event:
+        self._seq += 1
+        return Event(
+            seq=self._seq,
+            type=type_,
+            step=step,
+            name=name,
+            attempt=attempt,
+            payload=payload or {},
+            created_at=time.time(),
+            duration=duration,
+        )
+
+    def _buffer(self, type_: str, **kw: Any) -> None:
+        self._pending.append(self._event(type_, **kw))
+
+    def _flush(self, events: list[Event]) -> list[Event]:
+        out, self._pending = [*self._pending, *events], []
+        return out
+
+    async def _write(self, *events: Event) -> None:
+        batch = self._flush(list(events))
+        try:
+            await self.store.append(self.run_id, self.token, batch)
+        except LeaseLost:
+            self.lost = True
+            raise
+
+    # -- step positions and boundaries ------------------------------------------------------
+
+    def _next(self, kind: str, name: str) -> tuple[int, list[Event]]:
+        self._pos += 1
+        if self._history.cancel_at(self._pos):
+            self._cancel_sent = True
+            raise Cancelled(f"run {self.run_id} was cancelled")
+        return self._pos, self._history.at(self._pos, kind, name)
+
+    def _boundary(self, pos: int) -> None:
+        """Before live work: act on a lost lease, a cancel, a pause or a drain."""
+        if self.lost:
+            raise LeaseLost(self.run_id)
+        if self.control == Control.CANCEL and not (
+            self._cancel_sent or self._history.cancel_delivered()
+        ):
+            self._cancel_sent = True
+            self._buffer(CANCEL_DELIVERED, step=pos)
+            raise Cancelled(f"run {self.run_id} was cancelled")
+        if self.control == Control.PAUSE:
+            raise Yield(RunState.PAUSED, "run_paused")
+        if self.signals.draining:
+            raise Yield(RunState.QUEUED, "run_released")
+
+    # -- ctx primitives ---------------------------------------------------------------------
+
+    async def step(
+        self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        pos, recorded = self._next("step", name)
+        for ev in recorded:
+            if ev.type == "step_completed":
+                return ev.payload.get("result")
+            if ev.type == "step_failed":
+                err = ev.payload.get("error", {})
+                raise StepFailed(name, ev.attempt, err.get("type", "?"), err.get("message", ""))
+        self._boundary(pos)
+        assert self.spec is not None
+        policy = policy_of(fn, self.spec.retry)
+        attempt = len(recorded)
+        while True:
+            attempt += 1
+            started = time.time()
+            token = _current_key.set(f"{self.run_id}:{pos}")
+            try:
+                self.faults.hit("before_effect", name)
+                result = await _call(fn, args, kwargs)
+                self.faults.hit("after_effect", name)
+            except Exception as exc:
+                await self._attempt_failed(name, pos, attempt, started, exc, policy)
+                continue
+            finally:
+                _current_key.reset(token)
+            value, _ = roundtrip(result, f"the result of step {name!r} (step {pos})")
+            await self._write(
+                self._event(
+                    "step_completed",
+                    step=pos,
+                    name=name,
+                    attempt=attempt,
+                    payload={"result": value},
+                    duration=time.time() - started,
+                )
+            )
+            return value
+
+    async def _attempt_failed(
+        self, name: str, pos: int, attempt: int, started: float, exc: Exception, policy: Any
+    ) -> None:
+        duration = time.time() - started
+        payload: dict[str, Any] = {"error": _error_payload(exc)}
+        if policy.retries(exc, attempt):
+            delay = policy.delay(attempt, random.random())
+            payload["retry_in"] = delay
+            await self._write(
+                self._event(
+                    "step_attempt_failed",
+                    step=pos,
+                    name=name,
+                    attempt=attempt,
+                    payload=payload,
+                    duration=duration,
+                )
+            )
+            await asyncio.sleep(delay)
+            self._boundary(pos)
+            return
+        await self._write(
+            self._event(
+                "step_failed", step=pos, name=name, attempt=attempt, payload=payload,
+                duration=duration,
+            )
+        )
+        error = payload["error"]
+        raise StepFailed(name, attempt, error["type"], error["message"]) from exc
+
+    async def sleep(self, seconds: float) -> None:
+        pos, recorded = self._next("sleep", "sleep")
+        if any(ev.type == "timer_fired" for ev in recorded):
+            return
+        new: list[Event] = []
+        if recorded:
+            fire_at = float(recorded[0].payload["fire_at"])
+        else:
+            self._boundary(pos)
+            fire_at = time.time() + max(0.0, seconds)
+            new.append(
+                self._event(
+                    "timer_started",
+                    step=pos,
+                    name="sleep",
+                    payload={"seconds": seconds, "fire_at": fire_at},
+                )
+            )
+        remaining = fire_at - time.time()
+        if remaining > INLINE_SLEEP_MAX:
+            raise Suspend("timer", new, Timer(pos, fire_at), None)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        await self._write(*new, self._event("timer_fired", step=pos, name="sleep"))
+
+    async def wait_for_message(self, topic: str, timeout: float | None, default: Any) -> Any:
+        pos, recorded = self._next("wait_for_message", topic)
+        for ev in recorded:
+            if ev.type == "message_received":
+                return ev.payload.get("payload")
+            if ev.type == "message_timeout":
+                return default
+        if recorded:
+            deadline = recorded[0].payload.get("deadline")
+        else:
+            self._boundary(pos)
+            deadline = None if timeout is None else time.time() + max(0.0, timeout)
+            self._buffer(
+                "message_wait",
+                step=pos,
+                name=topic,
+                payload={"topic": topic, "timeout": timeout, "deadline": deadline},
+            )
+        message = await self._take_message(topic, pos)
+        if message is not None:
+            return parse_json(message.payload, f"message {message.id}")
+        if deadline is not None and time.time() >= deadline:
+            await self._write(self._event("message_timeout", step=pos, name=topic))
+            return default
+        timer = Timer(pos, deadline) if deadline is not None else None
+        raise Suspend(f"message:{topic}", [], timer, MessageWait(topic))
+
+    async def _take_message(self, topic: str, pos: int) -> Message | None:
+        """Consume a waiting message, committing it with the events not yet written.
+
+        With no message there, nothing is written and those events stay pending for the
+        suspend that follows.
+        """
+        before = self._flush([])
+        seq = self._seq + 1
+
+        def make_event(m: Message) -> Event:
+            return Event(
+                seq=seq,
+                type="message_received",
+                step=pos,
+                name=topic,
+                payload={"message_id": m.id, "sender": m.sender, "payload": json.loads(m.payload)},
+                created_at=time.time(),
+            )
+
+        message = await self.store.take_message(
+            self.run_id, self.token, topic=topic, step=pos, before=before, make_event=make_event
+        )
+        if message is None:
+            self._pending = before
+        else:
+            self._seq = seq
+        return message
+
+    def now(self) -> datetime:
+        value = self._value("now", time.time)
+        return datetime.fromtimestamp(float(value), tz=UTC)
+
+    def uuid(self) -> uuid.UUID:
+        return uuid.UUID(str(self._value("uuid", lambda: str(uuid.uuid4()))))
+
+    def random(self) -> float:
+        return float(self._value("random", random.random))
+
+    def _value(self, kind: str, make: Callable[[], Any]) -> Any:
+        pos, recorded = self._next("value", kind)
+        if recorded:
+            return recorded[0].payload["value"]
+        self._boundary(pos)
+        value = make()
+        self._buffer("value", step=pos, name=kind, payload={"value": value})
+        return value
+
+    async def spawn(self, agent: str, input_: Any, version: str | None) -> str:
+        pos, recorded = self._next("spawn", agent)
+        if recorded:
+            return str(recorded[0].payload["child_id"])
+        self._boundary(pos)
+        spec = self.registry.get(agent, version)
+        text = encode(input_, f"the input of the child run of {agent!r} (step {pos})")
+        child_id = new_run_id()
+        event = self._event(
+            "child_spawned",
+            step=pos,
+            name=agent,
+            payload={"child_id": child_id, "agent": agent, "version": spec.version},
+        )
+        await self.store.spawn(
+            self.run_id,
+            self.token,
+            events=self._flush([event]),
+            child=NewRun(
+                id=child_id,
+                agent=agent,
+                agent_version=spec.version,
+                input=text,
+                priority=self.run.priority,
+                parent_id=self.run_id,
+            ),
+        )
+        return child_id
+
+    async def child_result(self, child_id: str) -> Any:
+        pos, recorded = self._next("child_result", child_id)
+        if not recorded:
+            self._boundary(pos)
+            child = await self.store.get_run(child_id)
+            if not child.state.terminal:
+                raise Suspend(f"child:{child_id}", [], None, ChildWait(child_id))
+            output = json.loads(child.output) if child.output else None
+            error = json.loads(child.error) if child.error else None
+            await self._write(
+                self._event(
+                    "child_result",
+                    step=pos,
+                    name=child_id,
+                    payload={"state": child.state.value, "output": output, "error": error},
+                )
+            )
+            recorded = [Event(seq=0, type="child_result", payload={
+                "state": child.state.value, "output": output, "error": error})]
+        payload = recorded[-1].payload
+        if payload["state"] != RunState.COMPLETED.value:
+            err = payload.get("error") or {}
+            raise ChildRunFailed(child_id, payload["state"], err.get("message"))
+        return payload.get("output")
+
+
+async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Await an async callable; run a sync one on a thread so it cannot block the worker."""
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    ):
+        return await fn(*args, **kwargs)
+    result = await asyncio.to_thread(fn, *args, **kwargs)
+    if inspect.isawaitable(result):
+        return await result
+    return result

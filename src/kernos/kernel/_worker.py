@@ -1,0 +1,225 @@
+"""The worker: claims runnable runs, executes them, renews their leases, drains on SIGTERM.
+
+One asyncio process runs up to ``concurrency`` runs at once. It claims in batches, sleeps on
+``LISTEN`` (PostgreSQL) or a short poll (SQLite) when there is nothing to do, fires due timers
+and cron schedules (each exactly once fleet-wide: the store's updates are conditional), and
+renews every lease it holds in one statement per heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kernos.errors import InfrastructureError, KernosError
+from kernos.kernel._cron import next_fire
+from kernos.kernel._execution import Execution, WorkerSignals
+from kernos.kernel._faults import Faults
+from kernos.kernel._registry import Registry
+from kernos.store import Claim, Store, new_run_id
+
+log = logging.getLogger("kernos.worker")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConfig:
+    """How a worker behaves; read once at start (see ``Settings``)."""
+
+    concurrency: int = 100
+    lease_ttl: float = 15.0
+    poll_interval: float = 1.0
+    grace: float = 30.0
+    worker_id: str | None = None
+    faults: Faults = Faults()
+
+
+class Worker:
+    """Executes runs of the agents in ``registry`` from ``store``.
+
+    ``await worker.run()`` returns after ``stop()`` (or SIGTERM in the CLI) once in-flight steps
+    have finished and every lease was released, or the grace period ran out.
+    """
+
+    def __init__(self, store: Store, registry: Registry, config: WorkerConfig | None = None):
+        self.store = store
+        self.registry = registry
+        self.config = config or WorkerConfig()
+        self.id = self.config.worker_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{new_run_id()[-6:].lower()}"
+        )
+        self._signals = WorkerSignals()
+        self._active: dict[str, tuple[asyncio.Task[None], Execution]] = {}
+        self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._listen: asyncio.Future[None] | None = None
+        self._last_housekeeping = 0.0
+        self.started = asyncio.Event()
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._active)
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight runs yield at their next step boundary."""
+        self._signals.draining = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look for work now (used in-process when a run is created or woken)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        await self.store.register_agents(self.registry.keys())
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="kernos-heartbeat")
+        self.started.set()
+        log.info("worker %s started (concurrency %d)", self.id, self.config.concurrency)
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self._stopped.set()
+            log.info("worker %s stopped", self.id)
+
+    # -- claiming -----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        backoff = self.config.poll_interval
+        while not self._signals.draining:
+            try:
+                await self._housekeeping()
+                claimed = await self._claim_some()
+                backoff = self.config.poll_interval
+            except InfrastructureError as exc:
+                log.warning("worker %s: store unavailable, retrying in %.1fs: %s",
+                            self.id, backoff, exc)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            free = self.config.concurrency - len(self._active)
+            if claimed and free > 0:
+                continue  # there may be more ready right now
+            await self._idle()
+
+    async def _claim_some(self) -> int:
+        free = self.config.concurrency - len(self._active)
+        if free <= 0:
+            return 0
+        claims = await self.store.claim(
+            worker_id=self.id,
+            agents=self.registry.keys(),
+            limit=min(free, 100),
+            lease_ttl=self.config.lease_ttl,
+            agent_limits=self.registry.limits(),
+        )
+        for claim in claims:
+            self._start(claim)
+        return len(claims)
+
+    def _start(self, claim: Claim) -> None:
+        execution = Execution(
+            self.store, self.registry, claim, self._signals, self.config.faults
+        )
+        task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
+        self._active[claim.run.id] = (task, execution)
+
+    async def _execute(self, execution: Execution) -> None:
+        try:
+            await execution.execute()
+        except asyncio.CancelledError:
+            raise
+        except KernosError as exc:
+            log.error("run %s: could not be executed: %s", execution.run_id, exc)
+        except Exception:
+            log.exception("run %s: unexpected error in the worker", execution.run_id)
+        finally:
+            self._active.pop(execution.run_id, None)
+            self._wake.set()
+
+    async def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_housekeeping < self.config.poll_interval:
+            return
+        self._last_housekeeping = now
+        await self.store.fire_timers()
+        await self.store.fire_schedules(
+            versions=self.registry.latest_versions(), next_fire=next_fire
+        )
+
+    async def _idle(self) -> None:
+        """Wait for a wake-up: a notification, a finished run, or the poll interval."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        if self._listen is None or self._listen.done():
+            self._listen = asyncio.ensure_future(
+                self.store.wait_for_work(self.config.poll_interval)
+            )
+        waker: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+        listen: asyncio.Future[Any] = self._listen
+        try:
+            await asyncio.wait(
+                [listen, waker],
+                timeout=self.config.poll_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waker.cancel()
+        self._wake.clear()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._wake.clear()
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.lease_ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            leases = {rid: ex.token for rid, (_, ex) in self._active.items()}
+            if not leases:
+                continue
+            try:
+                beat = await self.store.heartbeat(
+                    worker_id=self.id, leases=leases, lease_ttl=self.config.lease_ttl
+                )
+            except InfrastructureError as exc:
+                log.warning("worker %s: heartbeat failed: %s", self.id, exc)
+                continue
+            for run_id in beat.lost:
+                entry = self._active.get(run_id)
+                if entry is not None:
+                    task, execution = entry
+                    execution.lost = True
+                    task.cancel()
+                    log.warning("run %s: lease lost to another worker", run_id)
+            for run_id, control in beat.control.items():
+                entry = self._active.get(run_id)
+                if entry is not None:
+                    entry[1].control = control
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        tasks = [task for task, _ in self._active.values()]
+        if not tasks:
+            return
+        log.info("worker %s draining %d run(s), grace %.0fs", self.id, len(tasks),
+                 self.config.grace)
+        _, pending = await asyncio.wait(tasks, timeout=self.config.grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        if self._listen is not None:
+            self._listen.cancel()
