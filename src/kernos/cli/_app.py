@@ -1,0 +1,450 @@
+"""The ``kernos`` command: thin wrappers over ``kernos.kernel`` that format results.
+
+Every command that reads has ``--json``. Errors print one line saying what happened and what to
+do, and exit non-zero: 2 for a usage error (fix the command), 1 for a failed run, 3 when the
+database is unavailable (retry later). A rejected command changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from kernos.errors import InfrastructureError, KernosError, UsageError
+from kernos.kernel import (
+    REGISTRY,
+    Client,
+    Faults,
+    Settings,
+    Worker,
+    WorkerConfig,
+    connect,
+    load_app,
+    output_of,
+)
+from kernos.kernel._codec import parse_json
+from kernos.store import RunState, open_store
+
+from ._render import (
+    dumps,
+    event_dict,
+    inspect_view,
+    log_line,
+    run_dict,
+    runs_table,
+    schedule_dict,
+    schedules_table,
+    steps_of,
+    trace_tree,
+)
+
+app = typer.Typer(
+    name="kernos",
+    help="kernos: run LLM agents durably. Runs survive crashes, wait for free, and are traced.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The database: schema status and migrations.", no_args_is_help=True)
+schedule_app = typer.Typer(help="Cron schedules that start runs.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(schedule_app, name="schedule")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--database", envvar="KERNOS_DATABASE_URL", help="Database URL.", show_default=False),
+]
+AppOpt = Annotated[
+    str | None,
+    typer.Option("--app", envvar="KERNOS_APP", help="Module that defines the agents.",
+                 show_default=False),
+]
+
+
+def _exit_code(exc: KernosError) -> int:
+    if isinstance(exc, UsageError):
+        return 2
+    if isinstance(exc, InfrastructureError):
+        return 3
+    return 1
+
+
+def command(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """Run an async command; turn kernos errors into one clear line and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            coro = fn(*args, **kwargs)
+            assert isinstance(coro, Coroutine)
+            result: T = asyncio.run(coro)
+            return result
+        except KernosError as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(_exit_code(exc)) from None
+        except TimeoutError as exc:
+            err.print(f"[bold red]timeout:[/] {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+async def _client(database: str | None, app_module: str | None = None) -> Client:
+    if app_module:
+        load_app(app_module)
+    settings = Settings()
+    return await connect(database, settings=settings, registry=REGISTRY)
+
+
+def _parse(text: str, what: str) -> Any:
+    return parse_json(text, what)
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+async def run(
+    agent: Annotated[str, typer.Argument(help="Agent name.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="The run's input as JSON.")] = "null",
+    app_module: AppOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to end.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after seconds.")] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    delay: Annotated[float | None, typer.Option(help="Start no sooner than in SECONDS.")] = None,
+    version: Annotated[str | None, typer.Option(help="Agent version (default: latest).")] = None,
+    as_json: JsonOpt = False,
+    database: DbOpt = None,
+) -> None:
+    """Start a run of AGENT; prints its id (with --wait, its output)."""
+    value = _parse(input, "--input")
+    async with await _client(database, app_module) as client:
+        started = await client.start(
+            agent, value, version=version, priority=priority, delay=delay
+        )
+        if not wait:
+            out.print(dumps(run_dict(started)) if as_json else started.id)
+            return
+        err.print(f"[dim]run {started.id} started; waiting for it to end[/]")
+        ended = await client.wait(started.id, timeout=timeout, poll=0.1)
+        if as_json:
+            out.print(dumps(run_dict(ended)))
+        elif ended.state == RunState.COMPLETED:
+            out.print(json.dumps(output_of(ended), indent=2))
+        else:
+            error = json.loads(ended.error) if ended.error else {}
+            err.print(f"[bold red]run {ended.id} {ended.state.value}:[/] {error.get('message', '')}")
+        if ended.state != RunState.COMPLETED:
+            raise typer.Exit(1)
+
+
+@app.command()
+@command
+async def runs(
+    state: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 50,
+    as_json: JsonOpt = False,
+    database: DbOpt = None,
+) -> None:
+    """List runs, newest first."""
+    try:
+        wanted = RunState(state) if state else None
+    except ValueError:
+        raise UsageError(
+            f"--state {state!r} is not a run state; use one of "
+            f"{', '.join(s.value for s in RunState)}"
+        ) from None
+    async with await _client(database) as client:
+        found = await client.runs(state=wanted, agent=agent, limit=limit)
+    if as_json:
+        out.print(dumps([run_dict(r) for r in found]))
+    else:
+        out.print(runs_table(found))
+
+
+@app.command()
+@command
+async def inspect(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    as_json: JsonOpt = False,
+    database: DbOpt = None,
+) -> None:
+    """A run's state, what it waits for, its lease owner, and its steps."""
+    async with await _client(database) as client:
+        r = await client.get(run_id)
+        events = await client.journal(run_id)
+    if as_json:
+        data = run_dict(r)
+        data["steps"] = [s.__dict__ for s in steps_of(events)]
+        out.print(dumps(data))
+    else:
+        out.print(inspect_view(r, events))
+
+
+@app.command()
+@command
+async def trace(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    as_json: JsonOpt = False,
+    database: DbOpt = None,
+) -> None:
+    """The run's journal as a tree: each claim by a worker, and the events under it."""
+    async with await _client(database) as client:
+        r = await client.get(run_id)
+        events = await client.journal(run_id)
+    if as_json:
+        out.print(dumps({"run": run_dict(r), "events": [event_dict(e) for e in events]}))
+    else:
+        out.print(trace_tree(r, events))
+
+
+@app.command()
+@command
+async def logs(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    as_json: JsonOpt = False,
+    database: DbOpt = None,
+) -> None:
+    """Print the run's journal events; with --follow, until the run ends."""
+    async with await _client(database) as client:
+        seq = 0
+        while True:
+            events = await client.journal(run_id, after_seq=seq)
+            for ev in events:
+                out.print(json.dumps(event_dict(ev)) if as_json else log_line(ev))
+                seq = ev.seq
+            if not follow:
+                return
+            if (await client.get(run_id)).state.terminal and not events:
+                return
+            await asyncio.sleep(0.5)
+
+
+async def _control(database: str | None, action: str, run_id: str, reason: str | None) -> None:
+    async with await _client(database) as client:
+        fn = {"pause": client.pause, "resume": client.resume, "cancel": client.cancel}[action]
+        r = await fn(run_id, reason=reason)
+    note = f" (requested: {r.control.value} at the next step boundary)" if r.control else ""
+    out.print(f"run {r.id} is {r.state.value}{note}")
+
+
+ReasonOpt = Annotated[str | None, typer.Option(help="Why (kept in the run's journal).")]
+
+
+@app.command()
+@command
+async def pause(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    reason: ReasonOpt = None,
+    database: DbOpt = None,
+) -> None:
+    """Pause a run (at its next step boundary if a worker is running it)."""
+    await _control(database, "pause", run_id, reason)
+
+
+@app.command()
+@command
+async def resume(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    reason: ReasonOpt = None,
+    database: DbOpt = None,
+) -> None:
+    """Resume a paused run."""
+    await _control(database, "resume", run_id, reason)
+
+
+@app.command()
+@command
+async def cancel(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    reason: ReasonOpt = None,
+    database: DbOpt = None,
+) -> None:
+    """Cancel a run; its agent gets Cancelled at the next step boundary and may clean up."""
+    await _control(database, "cancel", run_id, reason)
+
+
+@app.command()
+@command
+async def send(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    topic: Annotated[str, typer.Argument()],
+    payload: Annotated[str, typer.Argument(metavar="JSON")],
+    sender: Annotated[str | None, typer.Option(help="Who sends it.")] = None,
+    database: DbOpt = None,
+) -> None:
+    """Send a message (JSON) to a run on TOPIC; wakes it if it waits for one."""
+    value = _parse(payload, "the message")
+    async with await _client(database) as client:
+        msg = await client.send(run_id, topic, value, sender=sender)
+    out.print(f"message {msg.id} sent to run {run_id} on {topic!r}")
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    app_module: AppOpt = None,
+    concurrency: Annotated[int | None, typer.Option(help="Runs executed at once.")] = None,
+    grace: Annotated[float | None, typer.Option(help="Seconds to finish steps on SIGTERM.")] = None,
+    lease_ttl: Annotated[float | None, typer.Option(help="Lease time-to-live, seconds.")] = None,
+    poll_interval: Annotated[float | None, typer.Option(help="Idle poll interval, seconds.")] = None,
+    database: DbOpt = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+) -> None:
+    """Run agents: claim runs, execute them, renew leases. SIGTERM drains and exits 0."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = Settings()
+        module = app_module or settings.app
+        if not module:
+            raise UsageError(
+                "no app module: pass --app MODULE (or set KERNOS_APP) naming the module that "
+                "defines your agents, e.g. --app examples.refund"
+            )
+        registry = load_app(module)
+        if not list(registry):
+            raise UsageError(f"the module {module!r} registers no agents (use @kernos.agent)")
+        config = WorkerConfig(
+            concurrency=concurrency or settings.concurrency,
+            lease_ttl=lease_ttl or settings.lease_ttl,
+            poll_interval=poll_interval or settings.poll_interval,
+            grace=settings.grace if grace is None else grace,
+            faults=Faults.parse(settings.fault),
+        )
+        asyncio.run(_run_worker(database or settings.database_url, settings, config))
+    except KernosError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(_exit_code(exc)) from None
+
+
+async def _run_worker(url: str, settings: Settings, config: WorkerConfig) -> None:
+    client = await connect(url, settings=settings, registry=REGISTRY)
+    w = Worker(client.store, REGISTRY, config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, w.stop)
+    agents = ", ".join(f"{n}@{v}" for n, v in REGISTRY.keys())
+    err.print(f"[bold]kernos worker[/] {w.id} on {client.store.url}: {agents}")
+    try:
+        await w.run()
+    finally:
+        await client.close()
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+@schedule_app.command("add")
+@command
+async def schedule_add(
+    name: Annotated[str, typer.Argument()],
+    agent: Annotated[str, typer.Argument()],
+    cron: Annotated[str, typer.Argument(help="Five-field cron expression, UTC.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="Input of each run, JSON.")] = "null",
+    priority: Annotated[int, typer.Option()] = 0,
+    app_module: AppOpt = None,
+    database: DbOpt = None,
+) -> None:
+    """Start a run of AGENT at every tick of CRON (once per tick, however many workers)."""
+    value = _parse(input, "--input")
+    async with await _client(database, app_module) as client:
+        s = await client.add_schedule(name, agent, cron, value, priority=priority)
+    out.print(f"schedule {s.name} added: {s.agent} at {s.cron!r}")
+
+
+@schedule_app.command("list")
+@command
+async def schedule_list(as_json: JsonOpt = False, database: DbOpt = None) -> None:
+    """List schedules."""
+    async with await _client(database) as client:
+        found = await client.schedules()
+    out.print(dumps([schedule_dict(s) for s in found]) if as_json else schedules_table(found))
+
+
+@schedule_app.command("remove")
+@command
+async def schedule_remove(
+    name: Annotated[str, typer.Argument()], database: DbOpt = None
+) -> None:
+    """Remove a schedule (runs it started are not touched)."""
+    async with await _client(database) as client:
+        await client.remove_schedule(name)
+    out.print(f"schedule {name} removed")
+
+
+# -- database ---------------------------------------------------------------------------------
+
+
+@db_app.command("status")
+@command
+async def db_status(as_json: JsonOpt = False, database: DbOpt = None) -> None:
+    """The schema version of the database against this kernos' migrations."""
+    store = open_store(database or Settings().database_url)
+    try:
+        status = await store.schema_status()
+        counts = await store.count_runs() if status.current else {}
+    finally:
+        await store.close()
+    if as_json:
+        out.print(
+            dumps(
+                {
+                    "database": store.url,
+                    "current": status.current,
+                    "latest": status.latest,
+                    "pending": status.pending,
+                    "runs": {k.value: v for k, v in counts.items()},
+                }
+            )
+        )
+        return
+    out.print(f"database  {store.url}")
+    out.print(f"schema    version {status.current} of {status.latest}")
+    if status.pending:
+        out.print("pending   " + "; ".join(status.pending) + "  (kernos db migrate)")
+    if counts:
+        out.print("runs      " + ", ".join(f"{k.value} {v}" for k, v in sorted(counts.items())))
+
+
+@db_app.command("migrate")
+@command
+async def db_migrate(database: DbOpt = None) -> None:
+    """Apply pending migrations (kernos also does this at start)."""
+    store = open_store(database or Settings().database_url)
+    try:
+        before = await store.schema_status()
+        after = await store.migrate()
+    finally:
+        await store.close()
+    applied = after.current - before.current
+    out.print(f"{store.url}: schema at version {after.current} ({applied} migration(s) applied)")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,275 @@
+"""Turning runs and journals into terminal output and JSON: projections, no business logic."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from kernos.kernel import format_time
+from kernos.store import Event, Run, Schedule
+
+STATE_STYLE = {
+    "queued": "cyan",
+    "running": "bold blue",
+    "waiting": "yellow",
+    "paused": "magenta",
+    "completed": "green",
+    "failed": "bold red",
+    "cancelled": "dim",
+}
+
+_KIND = {
+    "step_completed": "step",
+    "step_failed": "step",
+    "step_attempt_failed": "step",
+    "timer_started": "sleep",
+    "timer_fired": "sleep",
+    "message_wait": "message",
+    "message_received": "message",
+    "message_timeout": "message",
+    "child_spawned": "spawn",
+    "child_result": "child",
+    "value": "value",
+}
+
+
+def _json_field(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def run_dict(run: Run) -> dict[str, Any]:
+    data = asdict(run)
+    data["state"] = run.state.value
+    data["control"] = run.control.value if run.control else None
+    data["input"] = _json_field(run.input)
+    data["output"] = _json_field(run.output)
+    data["error"] = _json_field(run.error)
+    return data
+
+
+def event_dict(ev: Event) -> dict[str, Any]:
+    return asdict(ev)
+
+
+def schedule_dict(s: Schedule) -> dict[str, Any]:
+    data = asdict(s)
+    data["input"] = _json_field(s.input)
+    return data
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)
+
+
+@dataclass
+class StepSummary:
+    """One ``ctx`` call as the journal tells it: what, how many attempts, how long, outcome."""
+
+    position: int
+    kind: str
+    name: str
+    status: str = "started"
+    attempts: int = 0
+    duration: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+_STATUS = {
+    "step_completed": "completed",
+    "step_failed": "failed",
+    "step_attempt_failed": "retrying",
+    "timer_started": "waiting",
+    "timer_fired": "completed",
+    "message_wait": "waiting",
+    "message_received": "completed",
+    "message_timeout": "timed out",
+    "child_spawned": "completed",
+    "child_result": "completed",
+    "value": "completed",
+}
+
+
+def steps_of(events: list[Event]) -> list[StepSummary]:
+    steps: dict[int, StepSummary] = {}
+    for ev in events:
+        if ev.step is None or ev.type not in _KIND:
+            continue
+        s = steps.get(ev.step)
+        if s is None:
+            s = steps[ev.step] = StepSummary(ev.step, _KIND[ev.type], ev.name or "")
+            s.started_at = ev.created_at - (ev.duration or 0.0)
+        s.status = _STATUS[ev.type]
+        s.attempts = max(s.attempts, ev.attempt)
+        s.ended_at = ev.created_at
+        s.duration = (ev.created_at - s.started_at) if s.started_at is not None else ev.duration
+        if ev.type in ("step_failed", "step_attempt_failed"):
+            err = ev.payload.get("error", {})
+            s.error = f"{err.get('type', '?').rsplit('.', 1)[-1]}: {err.get('message', '')}"
+        if ev.type == "child_result" and ev.payload.get("state") != "completed":
+            s.status = ev.payload.get("state", "failed")
+    return [steps[k] for k in sorted(steps)]
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1000:.1f} ms"
+
+
+def runs_table(runs: list[Run]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("RUN", "AGENT", "STATE", "WAITING FOR", "PRIORITY", "CREATED", "UPDATED"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(
+            r.id,
+            f"{r.agent}@{r.agent_version}",
+            Text(r.state.value, style=STATE_STYLE.get(r.state.value, "")),
+            r.waiting_for or "",
+            str(r.priority),
+            format_time(r.created_at),
+            format_time(r.updated_at),
+        )
+    return table
+
+
+def inspect_view(run: Run, events: list[Event]) -> Table:
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("run", run.id)
+    head.add_row("agent", f"{run.agent} (version {run.agent_version})")
+    head.add_row("state", Text(run.state.value, style=STATE_STYLE.get(run.state.value, "")))
+    if run.waiting_for:
+        head.add_row("waiting for", run.waiting_for)
+    if run.control:
+        head.add_row("requested", f"{run.control.value} (at the next step boundary)")
+    if run.lease_owner:
+        head.add_row(
+            "lease",
+            f"{run.lease_owner}, token {run.lease_token}, expires {format_time(run.lease_expires_at)}",
+        )
+    head.add_row("claims", str(run.claims))
+    if run.parent_id:
+        head.add_row("parent", run.parent_id)
+    head.add_row("created", format_time(run.created_at))
+    head.add_row("input", _short(run.input))
+    if run.output is not None:
+        head.add_row("output", _short(run.output))
+    if run.error is not None:
+        err = json.loads(run.error)
+        head.add_row("error", Text(f"{err.get('type', '')}: {err.get('message', '')}", "red"))
+    steps = Table(box=None, header_style="bold", title="steps", title_justify="left")
+    for col in ("#", "KIND", "NAME", "STATUS", "ATTEMPTS", "DURATION", "ERROR"):
+        steps.add_column(col)
+    for s in steps_of(events):
+        steps.add_row(
+            str(s.position),
+            s.kind,
+            s.name,
+            s.status,
+            str(s.attempts) if s.kind == "step" else "",
+            _ms(s.duration),
+            s.error or "",
+        )
+    outer = Table.grid()
+    outer.add_row(head)
+    outer.add_row("")
+    outer.add_row(steps)
+    return outer
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _event_label(ev: Event, t0: float) -> Text:
+    offset = f"+{_ms(ev.created_at - t0)}"
+    label = Text(f"{offset:>10}  ", style="dim")
+    style = "red" if "fail" in ev.type else ("yellow" if ev.type.endswith("wait") else "")
+    label.append(ev.type, style=style or "bold")
+    if ev.step is not None:
+        label.append(f" #{ev.step}")
+    if ev.name:
+        label.append(f" {ev.name}", style="cyan")
+    if ev.attempt:
+        label.append(f" attempt {ev.attempt}")
+    if ev.duration is not None:
+        label.append(f" ({_ms(ev.duration)})", style="dim")
+    detail = _event_detail(ev)
+    if detail:
+        label.append(f"  {detail}", style="dim")
+    return label
+
+
+def _event_detail(ev: Event) -> str:
+    p = ev.payload
+    if ev.type == "run_claimed":
+        return f"by {p.get('worker')} (token {p.get('token')}, replaying {p.get('replaying')} step(s))"
+    if ev.type in ("step_failed", "step_attempt_failed"):
+        err = p.get("error", {})
+        retry = f", retry in {_ms(p['retry_in'])}" if "retry_in" in p else ""
+        return f"{err.get('type', '').rsplit('.', 1)[-1]}: {err.get('message', '')}{retry}"
+    if ev.type == "timer_started":
+        return f"for {_ms(p.get('seconds'))}"
+    if ev.type == "child_spawned":
+        return f"child {p.get('child_id')}"
+    if "reason" in p:
+        return str(p["reason"])
+    return ""
+
+
+def trace_tree(run: Run, events: list[Event]) -> Tree:
+    t0 = events[0].created_at if events else run.created_at
+    root = Tree(
+        Text.assemble(
+            (f"run {run.id} ", "bold"),
+            f"{run.agent}@{run.agent_version} ",
+            (run.state.value, STATE_STYLE.get(run.state.value, "")),
+            (f"  total {_ms((events[-1].created_at - t0) if events else None)}", "dim"),
+        )
+    )
+    branch = root
+    for ev in events:
+        if ev.type == "run_claimed":
+            branch = root.add(_event_label(ev, t0))
+            continue
+        branch.add(_event_label(ev, t0))
+    return root
+
+
+def log_line(ev: Event) -> str:
+    parts = [format_time(ev.created_at), f"{ev.seq:>5}", ev.type]
+    if ev.step is not None:
+        parts.append(f"#{ev.step}")
+    if ev.name:
+        parts.append(ev.name)
+    if ev.attempt:
+        parts.append(f"attempt={ev.attempt}")
+    if ev.duration is not None:
+        parts.append(f"duration={_ms(ev.duration)}")
+    detail = _event_detail(ev)
+    if detail:
+        parts.append(detail)
+    return "  ".join(parts)
+
+
+def schedules_table(schedules: list[Schedule]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "AGENT", "CRON", "NEXT", "INPUT"):
+        table.add_column(col)
+    for s in schedules:
+        table.add_row(s.name, s.agent, s.cron, format_time(s.next_fire_at), _short(s.input, 60))
+    return table

@@ -1,0 +1,70 @@
+"""Fixtures for real resources: a SQLite file, a PostgreSQL schema, worker processes.
+
+PostgreSQL comes from ``KERNOS_TEST_DATABASE_URL``. Without it the PostgreSQL half of every
+backend-parametrised test is skipped with a visible reason (a laptop); with it, an unreachable
+server fails those tests (CI).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+from kernos.kernel import Client, Registry, connect
+
+PG_URL = os.environ.get("KERNOS_TEST_DATABASE_URL")
+SKIP_PG = "PostgreSQL tests skipped: set KERNOS_TEST_DATABASE_URL=postgresql://... to run them"
+
+
+def pg_schema_url(schema: str) -> str:
+    assert PG_URL is not None
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards."""
+    if not PG_URL:
+        pytest.skip(SKIP_PG)
+    schema = f"kt_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield pg_schema_url(schema)
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'kernos.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on a real SQLite file and on a real PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'kernos.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry()
+
+
+@pytest.fixture
+async def client(db_url: str, registry: Registry) -> AsyncIterator[Client]:
+    c = await connect(db_url, registry=registry)
+    try:
+        yield c
+    finally:
+        await c.close()
