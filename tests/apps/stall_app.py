@@ -1,37 +1,37 @@
 """The agent that worker subprocesses of ``tests/test_stall.py`` execute.
 
-``stall_steps`` runs ``n`` steps; each records its effect outside kernos (one line in the file
-named by ``KERNOS_STALL_EFFECTS``, with the worker's pid and the step's idempotency key) so the
+``stall_steps`` runs ``n`` steps; each records its effect outside kernos (one JSON line in the
+file the run's input names, with the worker's pid and the step's idempotency key) so that the
 test can count how often each effect really happened, whatever the journal says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-from pathlib import Path
+from typing import Any
 
 import kernos
 
-EFFECTS = Path(os.environ.get("KERNOS_STALL_EFFECTS", ".kernos/stall-effects.log"))
-STEP_SECONDS = float(os.environ.get("KERNOS_STALL_STEP_SECONDS", "0.2"))
+STEP_SECONDS = 0.1  # the slow part of a step: an API call
 
 
-def _record(i: int) -> int:
-    key = kernos.idempotency_key()
-    with EFFECTS.open("a") as f:
-        f.write(f"{os.getpid()} {key} {i}\n")
+def _record(path: str, i: int) -> int:
+    line = json.dumps({"pid": os.getpid(), "key": kernos.idempotency_key(), "i": i})
+    with open(path, "a") as f:
+        f.write(line + "\n")
     return i
 
 
-async def effect(i: int) -> int:
-    await asyncio.sleep(STEP_SECONDS)  # the slow part: an API call
-    return await asyncio.to_thread(_record, i)
+async def effect(path: str, i: int) -> int:
+    await asyncio.sleep(STEP_SECONDS)
+    return await asyncio.to_thread(_record, path, i)
 
 
 @kernos.agent("stall_steps")
-async def stall_steps(ctx: kernos.RunContext, n: int) -> int:
+async def stall_steps(ctx: kernos.RunContext, job: dict[str, Any]) -> int:
     total = 0
-    for i in range(n):
-        total += await ctx.step("effect", effect, i)
+    for i in range(int(job["n"])):
+        total += await ctx.step("effect", effect, job["effects"], i)
     return total

@@ -415,10 +415,10 @@ class Execution:
         if any(ev.type == "timer_fired" for ev in recorded):
             return
         new: list[Event] = []
+        self._boundary(pos)
         if recorded:
             fire_at = float(recorded[0].payload["fire_at"])
         else:
-            self._boundary(pos)
             fire_at = time.time() + max(0.0, seconds)
             new.append(
                 self._event(
@@ -442,10 +442,10 @@ class Execution:
                 return ev.payload.get("payload")
             if ev.type == "message_timeout":
                 return default
+        self._boundary(pos)
         if recorded:
             deadline = recorded[0].payload.get("deadline")
         else:
-            self._boundary(pos)
             deadline = None if timeout is None else time.time() + max(0.0, timeout)
             self._buffer(
                 "message_wait",

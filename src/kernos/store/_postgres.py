@@ -3,15 +3,30 @@
 Many workers on many hosts claim with ``FOR UPDATE SKIP LOCKED`` and sleep on ``LISTEN``; an
 append holds ``FOR KEY SHARE`` on its run's row, so a re-claim (which locks the row ``FOR
 UPDATE``) cannot slip between an append's fencing check and its commit.
+
+A database that stops answering must not hang a worker: TCP keepalives and ``tcp_user_timeout``
+catch a dead peer, but a hung server (or a proxy that stopped forwarding) still acknowledges
+every packet, so each operation also has a deadline of its own, ``io_timeout`` (pgjdbc's
+``socketTimeout``): past it the connection is cut, the caller gets ``StoreUnavailable``, and the
+server, told by ``idle_in_transaction_session_timeout``, drops the transaction the cut left
+open, with its row locks, so that other workers can take the runs over. ``io_timeout`` may be
+set in the URL as ``?kernos_io_timeout=SECONDS``.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import socket
+import contextlib
 import threading
+import time
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -22,6 +37,9 @@ from kernos.errors import ConfigError, StoreFull, StoreUnavailable
 from kernos.store._dialect import Params, Row, Tx
 
 CHANNEL = "kernos_wake"
+#: the URL query parameter that sets ``io_timeout``; kernos' own, removed before libpq sees it
+IO_TIMEOUT_PARAM = "kernos_io_timeout"
+DEFAULT_IO_TIMEOUT = 30.0
 
 
 @lru_cache(maxsize=512)
@@ -58,6 +76,102 @@ def _redact(url: str) -> str:
     return f"postgresql://{user + '@' if user else ''}{host}:{port}/{db}"
 
 
+def _split_io_timeout(url: str) -> tuple[str, float | None]:
+    """Take ``kernos_io_timeout`` out of the URL's query (libpq rejects unknown parameters)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    values = [v for k, v in query if k == IO_TIMEOUT_PARAM]
+    if not values:
+        return url, None
+    try:
+        seconds = float(values[-1])
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(
+            f"{IO_TIMEOUT_PARAM}={values[-1]!r} in the database URL is not a positive number of "
+            f"seconds; e.g. postgresql://host/db?{IO_TIMEOUT_PARAM}=10"
+        )
+    rest = urlencode([(k, v) for k, v in query if k != IO_TIMEOUT_PARAM])
+    return urlunsplit(parts._replace(query=rest)), seconds
+
+
+class _Watchdog:
+    """Cuts the connection of an operation that outlived its deadline.
+
+    One thread for all connections (an operation costs a dict insert and delete). Cutting is a
+    ``shutdown()`` of the socket: the driver, blocked on it, wakes with "server closed the
+    connection", marks the connection broken, and the pool discards it. The lock held while
+    cutting and while disarming guarantees a connection is never cut after its operation ended
+    (so never a socket number reused by something else).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, psycopg.Connection[Any]]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @contextmanager
+    def guard(self, conn: psycopg.Connection[Any]) -> Iterator[_Guard]:
+        guard = _Guard()
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._loop, name="kernos-pg-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._next += 1
+            key = self._next
+            self._armed[key] = (time.monotonic() + self.timeout, conn)
+            self._cond.notify()
+        try:
+            yield guard
+        finally:
+            with self._cond:
+                if self._armed.pop(key, None) is None:
+                    guard.fired = True
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                expired = [k for k, (deadline, _) in self._armed.items() if deadline <= now]
+                for key in expired:
+                    _, conn = self._armed.pop(key)
+                    _cut(conn)
+                wait = min((d for d, _ in self._armed.values()), default=now + 60.0) - now
+                self._cond.wait(timeout=max(wait, 0.01))
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class _Guard:
+    __slots__ = ("fired",)
+
+    def __init__(self) -> None:
+        self.fired = False
+
+
+def _cut(conn: psycopg.Connection[Any]) -> None:
+    try:
+        fd = os.dup(conn.pgconn.socket)
+    except (OSError, psycopg.OperationalError):
+        return  # closed already: nothing is waiting on it
+    with socket.socket(fileno=fd) as sock:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class PostgresDialect:
     name = "postgresql"
     lock_rows = " FOR UPDATE"
@@ -69,7 +183,18 @@ class PostgresDialect:
         "serial_pk": "BIGSERIAL PRIMARY KEY",
     }
 
-    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 8,
+        connect_timeout: float = 10.0,
+        io_timeout: float | None = None,
+    ) -> None:
+        """``io_timeout``: seconds an operation (one transaction) may go unanswered before its
+        connection is cut; the URL's ``kernos_io_timeout`` overrides the default of 30."""
+        url, url_io_timeout = _split_io_timeout(url)
+        io_timeout = io_timeout or url_io_timeout or DEFAULT_IO_TIMEOUT
         self.display_url = _redact(url)
         try:
             params = conninfo_to_dict(url)
@@ -78,27 +203,41 @@ class PostgresDialect:
                 f"KERNOS_DATABASE_URL is not a valid PostgreSQL URL ({exc}); expected "
                 f"postgresql://user@host:5432/dbname"
             ) from exc
-        params.setdefault("connect_timeout", str(int(connect_timeout)))
+        # Connecting is an operation too: a server that accepts but never answers must not
+        # hold a caller longer than io_timeout (libpq counts whole seconds, 2 at least).
+        connect_s = max(2, math.ceil(min(connect_timeout, io_timeout)))
+        params.setdefault("connect_timeout", str(connect_s))
         params.setdefault("application_name", "kernos")
         # Notice a dead server or a stalled network within seconds rather than hours.
         params.setdefault("keepalives", "1")
         params.setdefault("keepalives_idle", "5")
         params.setdefault("keepalives_interval", "2")
         params.setdefault("keepalives_count", "3")
+        # Unacknowledged data (a network that black-holes) fails the connection in io_timeout.
+        params.setdefault("tcp_user_timeout", str(int(io_timeout * 1000)))
+        # A transaction a cut connection left open is dropped by the server in io_timeout, with
+        # its row locks: a stalled worker's runs must not stay locked against a takeover.
+        options = str(params.get("options") or "")
+        if "idle_in_transaction_session_timeout" not in options:
+            params["options"] = (
+                f"{options} -c idle_in_transaction_session_timeout={int(io_timeout * 1000)}"
+            ).strip()
+        self._watchdog = _Watchdog(io_timeout)
         self._conninfo = make_conninfo("", **params)
         self._pool = ConnectionPool(
             self._conninfo,
             min_size=1,
             max_size=pool_size,
             open=False,
-            timeout=connect_timeout * 3,
-            check=ConnectionPool.check_connection,
+            timeout=max(io_timeout, float(connect_s)),
+            check=self._check,
             name="kernos",
         )
         self._pool_opened = False
         self._open_lock = threading.Lock()
         self._committer: psycopg.Connection[Any] | None = None
         self._listener: psycopg.Connection[Any] | None = None
+        self._listen_lock = threading.Lock()
 
     def _open_pool(self) -> ConnectionPool:
         with self._open_lock:
@@ -110,29 +249,52 @@ class PostgresDialect:
                 self._pool_opened = True
         return self._pool
 
+    @property
+    def io_timeout(self) -> float:
+        return self._watchdog.timeout
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it hands out, under the same deadline."""
+        with self._watchdog.guard(conn):
+            ConnectionPool.check_connection(conn)
+
+    def _timed_out(self, guard: _Guard) -> StoreUnavailable | None:
+        if not guard.fired:
+            return None
+        return StoreUnavailable(
+            f"the PostgreSQL server at {self.display_url} did not answer within "
+            f"{self.io_timeout:g}s (kernos_io_timeout); the connection was closed and the "
+            f"transaction's outcome is unknown to this process: retry once the server answers"
+        )
+
     @contextmanager
     def write(self) -> Iterator[Tx]:
         pool = self._open_pool()
+        guard = _Guard()
         try:
-            with pool.connection() as conn, conn.cursor() as cur:
-                yield _Cursor(cur)
+            with pool.connection() as conn, self._watchdog.guard(conn) as guard:
+                with conn.cursor() as cur:
+                    yield _Cursor(cur)
+                conn.commit()  # inside the guard: a commit can hang like any statement
         except (psycopg.Error, PoolTimeout) as exc:
-            raise self.translate(exc) from exc
+            raise self._timed_out(guard) or self.translate(exc) from exc
 
     read = write
 
     @contextmanager
     def committer_tx(self) -> Iterator[Tx]:
+        guard = _Guard()
         try:
             if self._committer is None or self._committer.closed or self._committer.broken:
                 self._committer = psycopg.connect(self._conninfo)
             conn = self._committer
-            with conn.transaction(), conn.cursor() as cur:
+            with self._watchdog.guard(conn) as guard, conn.transaction(), conn.cursor() as cur:
                 yield _Cursor(cur)
         except psycopg.Error as exc:
             if self._committer is not None and self._committer.broken:
+                self._committer.close()
                 self._committer = None
-            raise self.translate(exc) from exc
+            raise self._timed_out(guard) or self.translate(exc) from exc
 
     def lock_migrations(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':kernos:migrate'))")
@@ -151,15 +313,28 @@ class PostgresDialect:
         tx.execute("SELECT pg_notify(?, '')", (CHANNEL,))
 
     def wait_for_notify(self, timeout: float) -> bool:
+        # One listening connection per store; a second waiter just naps (it is a hint only).
+        if not self._listen_lock.acquire(blocking=False):
+            time.sleep(min(timeout, 0.1))
+            return False
         try:
             if self._listener is None or self._listener.closed or self._listener.broken:
+                self._close_listener()
                 self._listener = psycopg.connect(self._conninfo, autocommit=True)
                 self._listener.execute(f"LISTEN {CHANNEL}")
             for _ in self._listener.notifies(timeout=timeout, stop_after=1):
                 return True
         except psycopg.Error:
-            self._listener = None
+            self._close_listener()
+        finally:
+            self._listen_lock.release()
         return False
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._listener.close()
+        self._listener = None
 
     def translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, PoolTimeout):
@@ -180,10 +355,11 @@ class PostgresDialect:
         return exc
 
     def close(self) -> None:
+        self._watchdog.close()
         if self._pool_opened:
             self._pool.close()
-        for conn in (self._committer, self._listener):
-            if conn is not None:
-                conn.close()
+        if self._committer is not None:
+            self._committer.close()
         self._committer = None
-        self._listener = None
+        with self._listen_lock:
+            self._close_listener()
