@@ -403,7 +403,7 @@ async def test_validated_input_and_bad_input_changes_nothing(
         await client.start("untyped", {"id": object()})
     assert await client.runs() == []
     async with worker():
-        done = await client.wait((await client.start("typed", {"id": "A", "amount": 2})).id, 15)
+        done = await client.wait((await client.start("typed", {"id": "A", "amount": 2})).id, timeout=15)
     assert output_of(done) == "A:2.00"
 
 
