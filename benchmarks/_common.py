@@ -105,6 +105,11 @@ class Row:
         return cls(**data)
 
 
+def b_shape(runs: int, total: int) -> int:
+    """Steps per run for (b) with ``runs`` concurrent runs: the same for kernos and the peers."""
+    return min(total, 1000) if runs == 1 else max(total // runs, 10)
+
+
 def fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"

@@ -93,8 +93,9 @@ def postgres_floor(conninfo: str, n: int = 1000) -> Floor:
         return Floor("postgresql", n, time.perf_counter() - start)
 
 
-def measure_floor(backend: str, *, path: str | None = None, conninfo: str | None = None,
-                  n: int = 1000) -> Floor:
+def measure_floor(
+    backend: str, *, path: str | None = None, conninfo: str | None = None, n: int = 1000
+) -> Floor:
     if backend == "sqlite":
         assert path is not None
         return sqlite_floor(path, n)

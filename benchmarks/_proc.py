@@ -14,14 +14,33 @@ from _common import ROOT
 APP = str(Path(__file__).resolve().parent / "_apps.py")
 
 
-def start_worker(url: str, *, lease_ttl: float = 15.0, poll_interval: float = 0.1,
-                 concurrency: int = 100, log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    url: str,
+    *,
+    lease_ttl: float = 15.0,
+    poll_interval: float = 0.1,
+    concurrency: int = 100,
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
     cmd = [
-        sys.executable, "-m", "kernos", "worker", "--app", APP,
-        "--lease-ttl", str(lease_ttl), "--poll-interval", str(poll_interval),
-        "--concurrency", str(concurrency), "--database", url, "--log-level", "WARNING",
+        sys.executable,
+        "-m",
+        "kernos",
+        "worker",
+        "--app",
+        APP,
+        "--lease-ttl",
+        str(lease_ttl),
+        "--poll-interval",
+        str(poll_interval),
+        "--concurrency",
+        str(concurrency),
+        "--database",
+        url,
+        "--log-level",
+        "WARNING",
     ]
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out, env=env)
 

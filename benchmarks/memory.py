@@ -18,6 +18,7 @@ from pathlib import Path
 import _apps  # noqa: F401  (registers the agents the client starts)
 from _common import STATE_DIR, Row, database
 from _proc import rss_kib, start_worker, stop
+
 from kernos.kernel import REGISTRY, connect
 from kernos.store import RunState
 
@@ -67,12 +68,22 @@ def bench_c(backend: str, *, runs: int = 10_000, limit_mb: float = 20.0) -> list
     with database(backend, "c") as db:
         base, after, hwm, running, parked_in = asyncio.run(_measure(db.url, runs, log))
     delta_mb = (after - base) / 1024
-    return [Row(
-        bench="c", backend=backend, system="kernos",
-        what=f"worker RSS growth, {runs:,} waiting runs", value=delta_mb, unit="MB",
-        target=f"<= {limit_mb:.0f} MB", ok=delta_mb <= limit_mb, better="lower",
-        note=(f"idle RSS {base / 1024:.1f} MB -> {after / 1024:.1f} MB with {runs:,} parked "
-              f"(peak VmHWM {hwm / 1024:.1f} MB while parking them; {running} still running); "
-              f"started and parked in {parked_in:.1f}s ({runs / parked_in:,.0f} runs/s)"),
-        extra={"base_kib": base, "after_kib": after, "hwm_kib": hwm},
-    )]
+    return [
+        Row(
+            bench="c",
+            backend=backend,
+            system="kernos",
+            what=f"worker RSS growth, {runs:,} waiting runs",
+            value=delta_mb,
+            unit="MB",
+            target=f"<= {limit_mb:.0f} MB",
+            ok=delta_mb <= limit_mb,
+            better="lower",
+            note=(
+                f"idle RSS {base / 1024:.1f} MB -> {after / 1024:.1f} MB with {runs:,} parked "
+                f"(peak VmHWM {hwm / 1024:.1f} MB while parking them; {running} still running); "
+                f"started and parked in {parked_in:.1f}s ({runs / parked_in:,.0f} runs/s)"
+            ),
+            extra={"base_kib": base, "after_kib": after, "hwm_kib": hwm},
+        )
+    ]

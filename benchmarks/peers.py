@@ -36,18 +36,19 @@ import time
 from importlib import metadata
 from typing import Any, TypedDict
 
-from _common import BACKENDS, PEERS_JSON, Database, Row, database, pg_available
+from _common import BACKENDS, PEERS_JSON, Database, Row, b_shape, database, pg_available
 from _floor import measure_floor
 
 PEERS = ("dbos", "langgraph")
 
 
 class State(TypedDict):
-    """The LangGraph state: a counter, its target, and the last two superstep times."""
+    """The LangGraph state: a counter and its target."""
 
     i: int
     n: int
-    t: list[float]
+
+
 CONCURRENCY = (1, 10, 100)
 
 
@@ -102,8 +103,8 @@ def _dbos_bench(db: Database, steps: int, total: int, repeat: int) -> dict[str, 
             per_step.append(handle.get_result() / 1e6)
         rates: dict[int, list[float]] = {}
         for c in CONCURRENCY:
-            n = min(total, 2000) if c == 1 else max(total // c, 10)
-            for _ in range(repeat):
+            n = b_shape(c, total)
+            for _ in range(1):
                 start = time.perf_counter()
                 handles = [DBOS.start_workflow(loop, n) for _ in range(c)]
                 for h in handles:
@@ -123,9 +124,6 @@ async def _langgraph_bench(db: Database, steps: int, total: int, repeat: int) ->
     def step(state: State) -> dict[str, Any]:
         return {"i": state["i"] + 1}
 
-    def step_timed(state: State) -> dict[str, Any]:
-        return {"i": state["i"] + 1, "t": [*state["t"][-1:], time.perf_counter()][-2:]}
-
     def more(state: State) -> str:
         return "step" if state["i"] < state["n"] else END
 
@@ -137,28 +135,32 @@ async def _langgraph_bench(db: Database, steps: int, total: int, repeat: int) ->
             g.add_conditional_edges("step", more)
             return g.compile(checkpointer=saver)
 
-        timed, plain = build(step_timed), build(step)
+        graph = build(step)
         per_step = []
         for r in range(repeat):
             cfg = {"configurable": {"thread_id": f"a-{r}"}, "recursion_limit": steps + 10}
             start = time.perf_counter()
-            await timed.ainvoke({"i": 0, "n": steps, "t": []}, cfg, durability="sync")
+            await graph.ainvoke({"i": 0, "n": steps}, cfg, durability="sync")
             wall = time.perf_counter() - start
-            per_step.append(wall / steps * 1000)
+            per_step.append(wall / steps * 1000)  # wall of the whole invoke / supersteps
         rates: dict[int, list[float]] = {}
         for c in CONCURRENCY:
-            n = min(total, 2000) if c == 1 else max(total // c, 10)
-            for r in range(repeat):
+            n = b_shape(c, total)
+            for r in range(1):
                 start = time.perf_counter()
-                await asyncio.gather(*(
-                    plain.ainvoke(
-                        {"i": 0, "n": n, "t": []},
-                        {"configurable": {"thread_id": f"b-{c}-{r}-{k}"},
-                         "recursion_limit": n + 10},
-                        durability="sync",
+                await asyncio.gather(
+                    *(
+                        graph.ainvoke(
+                            {"i": 0, "n": n},
+                            {
+                                "configurable": {"thread_id": f"b-{c}-{r}-{k}"},
+                                "recursion_limit": n + 10,
+                            },
+                            durability="sync",
+                        )
+                        for k in range(c)
                     )
-                    for k in range(c)
-                ))
+                )
                 rates.setdefault(c, []).append(c * n / (time.perf_counter() - start))
         return {"per_step_ms": per_step, "rates": rates}
 
@@ -179,7 +181,10 @@ async def _langgraph_bench(db: Database, steps: int, total: int, repeat: int) ->
 
     assert db.conninfo is not None
     async with AsyncConnectionPool(
-        db.conninfo, min_size=4, max_size=20, open=False,
+        db.conninfo,
+        min_size=4,
+        max_size=20,
+        open=False,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     ) as pool:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
@@ -192,8 +197,10 @@ async def _langgraph_bench(db: Database, steps: int, total: int, repeat: int) ->
 
 def _one(peer: str, backend: str, steps: int, total: int, repeat: int) -> list[dict[str, Any]]:
     with database(backend, f"peer_{peer}") as db:
-        floors = [measure_floor(backend, path=db.path, conninfo=db.conninfo, n=1000)
-                  for _ in range(repeat)]
+        floors = [
+            measure_floor(backend, path=db.path, conninfo=db.conninfo, n=1000)
+            for _ in range(repeat)
+        ]
         if peer == "dbos":
             res = _dbos_bench(db, steps, total, repeat)
             per_step_what = f"@DBOS.step, sync fn, {steps} steps"
@@ -203,28 +210,58 @@ def _one(peer: str, backend: str, steps: int, total: int, repeat: int) -> list[d
     floor_ms = min(f.latency_ms for f in floors)
     floor_rate = max(f.rate for f in floors)
     best = min(res["per_step_ms"])
-    rows = [Row(
-        bench="e/a", backend=backend, system=peer, what=per_step_what, value=best, unit="ms",
-        floor=floor_ms, ratio=best / floor_ms, better="lower",
-        note=(f"{peer} per-step runs: " + ", ".join(f"{x:.3f}" for x in res["per_step_ms"])
-              + " ms; floors: " + ", ".join(f"{f.latency_ms:.3f}" for f in floors) + " ms"),
-    )]
+    rows = [
+        Row(
+            bench="e/a",
+            backend=backend,
+            system=peer,
+            what=per_step_what,
+            value=best,
+            unit="ms",
+            floor=floor_ms,
+            ratio=best / floor_ms,
+            better="lower",
+            note=(
+                f"{peer} per-step runs: "
+                + ", ".join(f"{x:.3f}" for x in res["per_step_ms"])
+                + " ms; floors: "
+                + ", ".join(f"{f.latency_ms:.3f}" for f in floors)
+                + " ms"
+            ),
+        )
+    ]
     for c, rates in res["rates"].items():
         c = int(c)
-        n = min(total, 2000) if c == 1 else max(total // c, 10)
+        n = b_shape(c, total)
         best_rate = max(rates)
-        rows.append(Row(
-            bench="e/b", backend=backend, system=peer,
-            what=f"{c} concurrent run(s) x {n} steps", value=best_rate, unit="steps/s",
-            floor=floor_rate, ratio=best_rate / floor_rate, better="higher",
-        ))
+        rows.append(
+            Row(
+                bench="e/b",
+                backend=backend,
+                system=peer,
+                what=f"{c} concurrent run(s) x {n} steps",
+                value=best_rate,
+                unit="steps/s",
+                floor=floor_rate,
+                ratio=best_rate / floor_rate,
+                better="higher",
+            )
+        )
     return [r.to_json() for r in rows]
 
 
 def _versions() -> dict[str, str]:
     out = {}
-    for name in ("dbos", "langgraph", "langgraph-checkpoint", "langgraph-checkpoint-sqlite",
-                 "langgraph-checkpoint-postgres", "psycopg", "aiosqlite", "sqlalchemy"):
+    for name in (
+        "dbos",
+        "langgraph",
+        "langgraph-checkpoint",
+        "langgraph-checkpoint-sqlite",
+        "langgraph-checkpoint-postgres",
+        "psycopg",
+        "aiosqlite",
+        "sqlalchemy",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -234,7 +271,11 @@ def _versions() -> dict[str, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer steps and repeats (steps/s rows run once either way)",
+    )
     ap.add_argument("--one", help="internal: PEER:BACKEND, prints JSON rows")
     ap.add_argument("--only", help="peers to run, e.g. dbos,langgraph")
     args = ap.parse_args()
@@ -255,20 +296,26 @@ def main() -> int:
                 cmd.append("--quick")
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
             if proc.returncode != 0:
-                errors.append(f"{peer} on {backend}: exit {proc.returncode}: "
-                              + proc.stderr.strip()[-2000:])
+                errors.append(
+                    f"{peer} on {backend}: exit {proc.returncode}: " + proc.stderr.strip()[-2000:]
+                )
                 print(errors[-1], file=sys.stderr)
                 continue
             rows.extend(json.loads(proc.stdout.strip().splitlines()[-1]))
     PEERS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    PEERS_JSON.write_text(json.dumps({
-        "generated_at": time.time(),
-        "quick": args.quick,
-        "python": sys.version.split()[0],
-        "versions": _versions(),
-        "rows": rows,
-        "errors": errors,
-    }, indent=1))
+    PEERS_JSON.write_text(
+        json.dumps(
+            {
+                "generated_at": time.time(),
+                "quick": args.quick,
+                "python": sys.version.split()[0],
+                "versions": _versions(),
+                "rows": rows,
+                "errors": errors,
+            },
+            indent=1,
+        )
+    )
     from _common import render
 
     print(render([Row.from_json(r) for r in rows], "peers (e)"))

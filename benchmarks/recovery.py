@@ -21,6 +21,7 @@ import time
 import _apps  # noqa: F401  (registers the agents the client starts)
 from _common import STATE_DIR, Row, database, median, percentile
 from _proc import start_worker, stop
+
 from kernos.kernel import REGISTRY, Client, connect
 
 
@@ -44,8 +45,9 @@ async def _last_step(client: Client, run_id: str, after_seq: int) -> tuple[int, 
     return seq, last
 
 
-async def _first_step_after(client: Client, run_id: str, after_seq: int,
-                            t_kill: float) -> tuple[int, float | None]:
+async def _first_step_after(
+    client: Client, run_id: str, after_seq: int, t_kill: float
+) -> tuple[int, float | None]:
     events = await client.store.load_journal(run_id, after_seq=after_seq)
     for ev in events:
         if ev.type == "step_completed" and ev.created_at > t_kill:
@@ -72,12 +74,18 @@ async def _measure(url: str, kills: int, ttl: float, log_prefix: str) -> list[fl
                 r = await client.get(run.id)
                 pid = _pid_of(r.lease_owner)
                 seq, last = await _last_step(client, run.id, seq)
-                if (pid in procs and procs[pid].poll() is None and last is not None
-                        and time.time() - last < 0.2 and r.state.value == "running"):
+                if (
+                    pid in procs
+                    and procs[pid].poll() is None
+                    and last is not None
+                    and time.time() - last < 0.2
+                    and r.state.value == "running"
+                ):
                     break
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"run not progressing (state {r.state}, owner "
-                                       f"{r.lease_owner}); see {log}")
+                    raise TimeoutError(
+                        f"run not progressing (state {r.state}, owner {r.lease_owner}); see {log}"
+                    )
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)  # let it run a little (and commit some steps) under this owner
             victim = procs.pop(pid)
@@ -109,13 +117,33 @@ def bench_d(backend: str, *, kills: int = 20, ttl: float = 2.0) -> list[Row]:
     p50, p95 = median(rec), percentile(rec, 95)
     limit = ttl + 2.0
     return [
-        Row(bench="d", backend=backend, system="kernos",
-            what=f"SIGKILL -> progress, p50 of {len(rec)} (lease TTL {ttl:g}s)", value=p50,
-            unit="s", floor=ttl, ratio=p50 / ttl, target=f"<= {limit:g} s", ok=p50 <= limit),
-        Row(bench="d", backend=backend, system="kernos",
-            what=f"SIGKILL -> progress, p95 of {len(rec)} (lease TTL {ttl:g}s)", value=p95,
-            unit="s", floor=ttl, ratio=p95 / ttl, target=f"<= {limit:g} s", ok=p95 <= limit,
-            note=(f"floor column = lease TTL; min {min(rec):.2f}s, max {max(rec):.2f}s; "
-                  f"all: " + ", ".join(f"{x:.2f}" for x in rec)),
-            extra={"recoveries": rec}),
+        Row(
+            bench="d",
+            backend=backend,
+            system="kernos",
+            what=f"SIGKILL -> progress, p50 of {len(rec)} (lease TTL {ttl:g}s)",
+            value=p50,
+            unit="s",
+            floor=ttl,
+            ratio=p50 / ttl,
+            target=f"<= {limit:g} s",
+            ok=p50 <= limit,
+        ),
+        Row(
+            bench="d",
+            backend=backend,
+            system="kernos",
+            what=f"SIGKILL -> progress, p95 of {len(rec)} (lease TTL {ttl:g}s)",
+            value=p95,
+            unit="s",
+            floor=ttl,
+            ratio=p95 / ttl,
+            target=f"<= {limit:g} s",
+            ok=p95 <= limit,
+            note=(
+                f"floor column = lease TTL; min {min(rec):.2f}s, max {max(rec):.2f}s; "
+                f"all: " + ", ".join(f"{x:.2f}" for x in rec)
+            ),
+            extra={"recoveries": rec},
+        ),
     ]

@@ -21,9 +21,10 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import kernos
-from _common import Database, Row, database
+from _common import Database, Row, b_shape, database
 from _floor import Floor, measure_floor
+
+import kernos
 from kernos.kernel import Registry, Worker, WorkerConfig, connect
 
 REGISTRY = Registry()
@@ -60,8 +61,9 @@ class StepTiming:
 
 async def _one_run(db: Database, agent: str, n: int) -> StepTiming:
     client = await connect(db.url, registry=REGISTRY)
-    worker = Worker(client.store, REGISTRY, WorkerConfig(concurrency=200, poll_interval=0.05,
-                                                          lease_ttl=30))
+    worker = Worker(
+        client.store, REGISTRY, WorkerConfig(concurrency=200, poll_interval=0.05, lease_ttl=30)
+    )
     task = asyncio.create_task(worker.run())
     await worker.started.wait()
     try:
@@ -84,8 +86,11 @@ async def _one_run(db: Database, agent: str, n: int) -> StepTiming:
 async def _concurrent(db: Database, runs: int, steps: int) -> float:
     """steps/s of ``runs`` runs of ``steps`` steps each, started at once in one worker."""
     client = await connect(db.url, registry=REGISTRY)
-    worker = Worker(client.store, REGISTRY, WorkerConfig(concurrency=max(200, runs),
-                                                          poll_interval=0.05, lease_ttl=30))
+    worker = Worker(
+        client.store,
+        REGISTRY,
+        WorkerConfig(concurrency=max(200, runs), poll_interval=0.05, lease_ttl=30),
+    )
     task = asyncio.create_task(worker.run())
     await worker.started.wait()
     try:
@@ -116,17 +121,30 @@ def bench_a(backend: str, *, steps: int = 1000, repeat: int = 3) -> list[Row]:
             best = min(timings, key=lambda t: t.per_step_ms)
             ratio = best.per_step_ms / floor
             primary = agent == "bench_steps"
-            rows.append(Row(
-                bench="a", backend=backend, system="kernos",
-                what=f"ctx.step, {label}, {steps} steps", value=best.per_step_ms, unit="ms",
-                floor=floor, ratio=ratio, target="<= 1.5x" if primary else "(info)",
-                ok=(ratio <= 1.5) if primary else None, better="lower",
-                note=(f"wall {best.wall_s:.2f}s for the run incl. claim+finish "
-                      f"({best.wall_s / steps * 1000:.2f} ms/step); "
-                      f"floor min of {repeat}: "
-                      + ", ".join(f"{f.latency_ms:.3f}" for f in floors) + " ms; kernos: "
-                      + ", ".join(f"{t.per_step_ms:.3f}" for t in timings) + " ms"),
-            ))
+            rows.append(
+                Row(
+                    bench="a",
+                    backend=backend,
+                    system="kernos",
+                    what=f"ctx.step, {label}, {steps} steps",
+                    value=best.per_step_ms,
+                    unit="ms",
+                    floor=floor,
+                    ratio=ratio,
+                    target="<= 1.5x" if primary else "(info)",
+                    ok=(ratio <= 1.5) if primary else None,
+                    better="lower",
+                    note=(
+                        f"wall {best.wall_s:.2f}s for the run incl. claim+finish "
+                        f"({best.wall_s / steps * 1000:.2f} ms/step); "
+                        f"floor min of {repeat}: "
+                        + ", ".join(f"{f.latency_ms:.3f}" for f in floors)
+                        + " ms; kernos: "
+                        + ", ".join(f"{t.per_step_ms:.3f}" for t in timings)
+                        + " ms"
+                    ),
+                )
+            )
     return rows
 
 
@@ -136,17 +154,30 @@ def bench_b(backend: str, *, total_steps: int = 10_000, repeat: int = 2) -> list
         floors = [floor_for(db, 1000) for _ in range(repeat)]
         rate = max(f.rate for f in floors)
         for runs in (1, 10, 100):
-            steps = max(total_steps // runs, 10) if runs > 1 else min(total_steps, 2000)
+            steps = b_shape(runs, total_steps)
             results = [asyncio.run(_concurrent(db, runs, steps)) for _ in range(repeat)]
             best = max(results)
             ratio = best / rate
-            rows.append(Row(
-                bench="b", backend=backend, system="kernos",
-                what=f"{runs} concurrent run(s) x {steps} steps", value=best, unit="steps/s",
-                floor=rate, ratio=ratio, target=">= 3x" if runs == 100 else "(info)",
-                ok=(ratio >= 3) if runs == 100 else None, better="higher",
-                note=("" if runs != 100 else
-                      f"floor = single-commit rate, best of {repeat}; kernos runs: "
-                      + ", ".join(f"{r:,.0f}" for r in results) + " steps/s"),
-            ))
+            rows.append(
+                Row(
+                    bench="b",
+                    backend=backend,
+                    system="kernos",
+                    what=f"{runs} concurrent run(s) x {steps} steps",
+                    value=best,
+                    unit="steps/s",
+                    floor=rate,
+                    ratio=ratio,
+                    target=">= 3x" if runs == 100 else "(info)",
+                    ok=(ratio >= 3) if runs == 100 else None,
+                    better="higher",
+                    note=(
+                        ""
+                        if runs != 100
+                        else f"floor = single-commit rate, best of {repeat}; kernos runs: "
+                        + ", ".join(f"{r:,.0f}" for r in results)
+                        + " steps/s"
+                    ),
+                )
+            )
     return rows

@@ -34,7 +34,7 @@ APPS = Path(__file__).resolve().parent / "apps"
 async def wait_until(
     condition: Callable[[], Any | Awaitable[Any]],
     *,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
     what: str,
     interval: float = 0.05,
 ) -> Any:
@@ -156,8 +156,9 @@ class Workers:
 
     def logs(self) -> str:
         """Every worker's log, for an assertion message."""
-        return "\n".join(f"--- {w.name} (pid {w.pid}) ---\n{w.output()[-3000:]}"
-                         for w in self.started)
+        return "\n".join(
+            f"--- {w.name} (pid {w.pid}) ---\n{w.output()[-3000:]}" for w in self.started
+        )
 
 
 def pid_of_worker(worker_id: str) -> int:
@@ -172,12 +173,15 @@ def read_effects(path: Path) -> list[dict[str, Any]]:
     """The effect records an app appended (one JSON object per line), in the order written."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Each record is one write ending in a newline; a read racing a write may see the start of
+    # the last line only, which is left for the next read.
+    complete = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete]
 
 
 def sqlite_path(db_url: str) -> Path | None:
     prefix = "sqlite:///"
-    return Path(db_url[len(prefix):]) if db_url.startswith(prefix) else None
+    return Path(db_url[len(prefix) :]) if db_url.startswith(prefix) else None
 
 
 def run_row_lock_free(db_url: str, run_id: str) -> bool:
@@ -197,13 +201,13 @@ def run_row_lock_free(db_url: str, run_id: str) -> bool:
             return False
         finally:
             conn.close()
-    with psycopg.connect(db_url, connect_timeout=10) as conn:
+    with psycopg.connect(db_url, connect_timeout=10) as pg:
         try:
-            conn.execute("SELECT 1 FROM kernos_runs WHERE id = %s FOR UPDATE NOWAIT", (run_id,))
+            pg.execute("SELECT 1 FROM kernos_runs WHERE id = %s FOR UPDATE NOWAIT", (run_id,))
         except psycopg.errors.LockNotAvailable:
             return False
         finally:
-            conn.rollback()
+            pg.rollback()
         return True
 
 

@@ -126,7 +126,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_repeats_only_in_fligh
         for _ in range(KILLS):
             w = workers.start(db_url, lease_ttl=1.0, concurrency=RUNS)
             await wait_until(
-                lambda w=w: any(e["pid"] == w.pid for e in read_effects(effects)),
+                lambda: any(e["pid"] == w.pid for e in read_effects(effects)),  # noqa: B023
                 timeout=30,
                 what=f"worker {w.name} to make progress (seed {seed})",
             )
@@ -224,10 +224,13 @@ async def test_stale_worker_after_sigstop_commits_nothing(
     by_claim = claims(events)
     assert [(token, pid) for token, pid, _ in by_claim] == [(1, a.pid), (2, b.pid)]
     assert [(e.type, e.name) for e in by_claim[0][2]] == [
-        ("run_claimed", None), ("step_completed", "before")
+        ("run_claimed", None),
+        ("step_completed", "before"),
     ]
     assert [(e.type, e.name) for e in by_claim[1][2]] == [
-        ("run_claimed", None), ("step_completed", "slow"), ("run_completed", None)
+        ("run_claimed", None),
+        ("step_completed", "slow"),
+        ("run_completed", None),
     ]
     assert_owner_committed(events)
     slow = [(e["pid"], e["key"]) for e in read_effects(effects) if e["step"] == "slow"]
@@ -333,7 +336,9 @@ async def test_timer_and_message_survive_worker_restarts(
     pids = [pid for _, pid, _ in claims(events)]
     assert pids == [w1.pid, w2.pid, w3.pid]
     assert [(e["step"], e["pid"]) for e in read_effects(effects)] == [
-        ("a", w1.pid), ("b", w2.pid), ("c", w3.pid)
+        ("a", w1.pid),
+        ("b", w2.pid),
+        ("c", w3.pid),
     ]
 
 
@@ -342,7 +347,8 @@ PARKED = 10_000
 
 async def _park(client: Client, agent: str, count: int) -> list[str]:
     """Create ``count`` queued runs in a few transactions (``client.start`` is one each)."""
-    store: Any = client.store  # the SQL store's own insert: this is set-up, not the system under test
+    # The SQL store's own insert, in batches: this is set-up, not the system under test.
+    store: Any = client.store
     ids = [new_run_id() for _ in range(count)]
 
     def insert() -> None:
@@ -388,8 +394,10 @@ async def test_ten_thousand_waiting_runs_hold_no_worker_memory(
     assert w.terminate() == 0
 
     growth_mib = (parked - idle) / 1024
-    print(f"worker RSS idle {idle / 1024:.1f} MiB, with {PARKED} parked runs "
-          f"{parked / 1024:.1f} MiB (growth {growth_mib:.1f} MiB)")
+    print(
+        f"worker RSS idle {idle / 1024:.1f} MiB, with {PARKED} parked runs "
+        f"{parked / 1024:.1f} MiB (growth {growth_mib:.1f} MiB)"
+    )
     assert growth_mib < 50, f"the worker grew by {growth_mib:.1f} MiB for runs it is not running"
     assert timer_rows == PARKED // 2
     assert one.state == RunState.WAITING and one.waiting_for == "timer" and one.lease_owner is None
@@ -433,7 +441,8 @@ async def test_crash_between_effect_and_commit_repeats_with_same_key(
         assert crashing.proc.wait(timeout=30) == -signal.SIGKILL, crashing.output()
         first = await client.journal(run_id)
         assert [(e.type, e.name) for e in first] == [
-            ("run_claimed", None), ("step_completed", "reserve")
+            ("run_claimed", None),
+            ("step_completed", "reserve"),
         ]
         recovering = workers.start(db_url)
         done = await client.wait(run_id, timeout=30)

@@ -46,7 +46,9 @@ def chain_seconds(seed: int, i: int, low: float, high: float) -> float:
 # -- 1. many runs, many kills ---------------------------------------------------------------
 
 
-async def chain_step(path: str, run_id: str, name: str, value: int, seconds: float) -> dict[str, Any]:
+async def chain_step(
+    path: str, run_id: str, name: str, value: int, seconds: float
+) -> dict[str, Any]:
     """The effect happens first (an API call), then the step takes its time before returning:
     a kill anywhere in that window leaves an effect whose result was never committed."""
     record(path, run_id, name)
@@ -74,7 +76,7 @@ async def gated_step(path: str, run_id: str, name: str, gates: str) -> dict[str,
     """Effect, then block until the test opens this process's gate (``<gates>/<pid>``)."""
     record(path, run_id, name)
     gate = Path(gates) / str(os.getpid())
-    while not gate.exists():
+    while not gate.exists():  # noqa: ASYNC110 - the gate is a file the test process creates
         await asyncio.sleep(0.01)
     return {"pid": os.getpid()}
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from kernos.kernel import format_time
+from kernos.kernel import STEP_KINDS, format_time
 from kernos.store import Event, Run, Schedule
 
 STATE_STYLE = {
@@ -23,19 +23,6 @@ STATE_STYLE = {
     "cancelled": "dim",
 }
 
-_KIND = {
-    "step_completed": "step",
-    "step_failed": "step",
-    "step_attempt_failed": "step",
-    "timer_started": "sleep",
-    "timer_fired": "sleep",
-    "message_wait": "message",
-    "message_received": "message",
-    "message_timeout": "message",
-    "child_spawned": "spawn",
-    "child_result": "child",
-    "value": "value",
-}
 
 
 def _json_field(text: str | None) -> Any:
@@ -100,11 +87,11 @@ _STATUS = {
 def steps_of(events: list[Event]) -> list[StepSummary]:
     steps: dict[int, StepSummary] = {}
     for ev in events:
-        if ev.step is None or ev.type not in _KIND:
+        if ev.step is None or ev.type not in STEP_KINDS:
             continue
         s = steps.get(ev.step)
         if s is None:
-            s = steps[ev.step] = StepSummary(ev.step, _KIND[ev.type], ev.name or "")
+            s = steps[ev.step] = StepSummary(ev.step, STEP_KINDS[ev.type], ev.name or "")
             s.started_at = ev.created_at - (ev.duration or 0.0)
         s.status = _STATUS[ev.type]
         s.attempts = max(s.attempts, ev.attempt)

@@ -4,6 +4,7 @@ from kernos.kernel._client import Client, connect, format_time, output_of
 from kernos.kernel._context import ChildHandle, RunContext
 from kernos.kernel._execution import idempotency_key
 from kernos.kernel._faults import Faults
+from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_app
 from kernos.kernel._retry import RetryPolicy, retry
 from kernos.kernel._settings import Settings
@@ -11,6 +12,7 @@ from kernos.kernel._worker import Worker, WorkerConfig
 
 __all__ = [
     "REGISTRY",
+    "STEP_KINDS",
     "AgentSpec",
     "ChildHandle",
     "Client",

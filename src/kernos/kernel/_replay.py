@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from kernos.errors import DeterminismError
 from kernos.store import Event
 
-# event type -> the kind of ctx call that writes it
+#: event type -> the kind of ctx call that writes it (``step``, ``sleep``, ...)
 KIND_OF = {
     "step_attempt_failed": "step",
     "step_completed": "step",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kernos.errors import ConfigError
-from kernos.store._postgres import PostgresDialect
+from kernos.store._dialect import Dialect
 from kernos.store._sql import DEFAULT_MAX_PAYLOAD, SqlStore
 from kernos.store._sqlite import SqliteDialect
 
@@ -22,9 +22,13 @@ def open_store(
     ``postgresql://...`` (or ``postgres://``) picks PostgreSQL. Call ``await store.migrate()``
     before use; ``kernos.connect`` does both.
     """
+    dialect: Dialect
     if url.startswith("sqlite:///"):
-        dialect: SqliteDialect | PostgresDialect = SqliteDialect(url.removeprefix("sqlite:///"))
+        dialect = SqliteDialect(url.removeprefix("sqlite:///"))
     elif url.startswith(("postgresql://", "postgres://")):
+        # Imported here: psycopg costs a third of a second that SQLite users need not pay.
+        from kernos.store._postgres import PostgresDialect
+
         dialect = PostgresDialect(url, pool_size=pool_size)
     else:
         raise ConfigError(

@@ -15,12 +15,11 @@ set in the URL as ``?kernos_io_timeout=SECONDS``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
-import contextlib
 import threading
-import time
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -242,6 +241,12 @@ class PostgresDialect:
     def _open_pool(self) -> ConnectionPool:
         with self._open_lock:
             if not self._pool_opened:
+                # One direct connection first: a refused or misconfigured server fails at
+                # once with libpq's own reason, instead of after the pool's timeout.
+                try:
+                    psycopg.connect(self._conninfo).close()
+                except psycopg.Error as exc:
+                    raise self.translate(exc) from exc
                 try:
                     self._pool.open(wait=True, timeout=self._pool.timeout)
                 except PoolTimeout as exc:
@@ -281,15 +286,49 @@ class PostgresDialect:
 
     read = write
 
+    def _committer_conn(self) -> psycopg.Connection[Any]:
+        if self._committer is None or self._committer.closed or self._committer.broken:
+            self._committer = psycopg.connect(self._conninfo, autocommit=True)
+        return self._committer
+
+    def _begin(self) -> psycopg.Connection[Any]:
+        """BEGIN on the committer's connection, replacing it once if found dead.
+
+        A connection the server or the network dropped while it sat idle (a restart, a
+        failover, a reset) fails its BEGIN; nothing of the batch was sent on it, so a new
+        connection may take the batch. A BEGIN that timed out is not retried: the server is
+        not answering, and the caller learns it after one io_timeout, not two.
+        """
+        conn = self._committer_conn()
+        guard = _Guard()
+        try:
+            with self._watchdog.guard(conn) as guard:
+                conn.execute("BEGIN")
+            return conn
+        except psycopg.OperationalError as exc:
+            if guard.fired or not conn.broken:
+                raise self._timed_out(guard) or exc from exc
+            conn.close()
+            self._committer = None
+        conn = self._committer_conn()
+        with self._watchdog.guard(conn) as guard:
+            conn.execute("BEGIN")
+        return conn
+
     @contextmanager
     def committer_tx(self) -> Iterator[Tx]:
         guard = _Guard()
         try:
-            if self._committer is None or self._committer.closed or self._committer.broken:
-                self._committer = psycopg.connect(self._conninfo)
-            conn = self._committer
-            with self._watchdog.guard(conn) as guard, conn.transaction(), conn.cursor() as cur:
-                yield _Cursor(cur)
+            conn = self._begin()
+            with self._watchdog.guard(conn) as guard:
+                try:
+                    with conn.cursor() as cur:
+                        yield _Cursor(cur)
+                except BaseException:
+                    if not conn.broken:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
         except psycopg.Error as exc:
             if self._committer is not None and self._committer.broken:
                 self._committer.close()
