@@ -152,7 +152,8 @@ def test_pause_resume_cancel(kernos: Kernos) -> None:
 def test_bad_input_is_a_clear_error_and_changes_nothing(
     kernos: Kernos, args: list[str], code: int, message: str
 ) -> None:
-    before = kernos.json("db", "status")  # migrates nothing; counts runs by state
+    kernos("db", "migrate")
+    before = kernos.json("db", "status")  # the schema version and the runs by state
     env_app = kernos.env.pop("KERNOS_APP", None)
     done = kernos(*args, ok=False)
     if env_app is not None:
