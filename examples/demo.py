@@ -108,10 +108,14 @@ async def main() -> None:
     act(1, "a worker runs an agent", "The agent is plain async Python; each ctx.step is journaled.")
     show(["db", "migrate"])
     worker_a = start_worker("worker A")
-    run_id = show(["run", "pipeline", "--app", "examples.pipeline", "--input", f'{{"id": "{order}"}}'])
+    run_id = show(
+        ["run", "pipeline", "--app", "examples.pipeline", "--input", f'{{"id": "{order}"}}']
+    )
 
     await wait_for(run_id, 3, timeout=30)
-    act(2, "the worker is killed mid-run", "SIGKILL: the process dies between two steps, or in one.")
+    act(
+        2, "the worker is killed mid-run", "SIGKILL: the process dies between two steps, or in one."
+    )
     os.kill(worker_a.pid, signal.SIGKILL)
     worker_a.wait()
     killed_at = time.monotonic()
@@ -135,8 +139,9 @@ async def main() -> None:
     )
 
     act(4, "nothing was redone", "Each stage's effect, counted from the effects log:")
-    counts = Counter(line.split()[0] for line in EFFECTS.read_text().splitlines()
-                     if line.split()[1] == order)
+    counts = Counter(
+        line.split()[0] for line in EFFECTS.read_text().splitlines() if line.split()[1] == order
+    )
     keys: dict[str, set[str]] = {}
     for line in EFFECTS.read_text().splitlines():
         stage, oid, key = line.split()
@@ -145,8 +150,10 @@ async def main() -> None:
     for stage, n in counts.items():
         note = ""
         if n > 1:
-            note = (f"  [yellow](in flight when the worker died: ran again with the same "
-                    f"idempotency key {next(iter(keys[stage]))})[/]")
+            note = (
+                f"  [yellow](in flight when the worker died: ran again with the same "
+                f"idempotency key {next(iter(keys[stage]))})[/]"
+            )
         console.print(f"  {stage:<18} {n}x{note}")
     repeated = sum(n - 1 for n in counts.values())
     console.print(

@@ -1,8 +1,8 @@
 """The refund agent of the README: a step, a durable timer, and a durable wait for a message.
 
-    kernos worker --app examples.refund
-    kernos run refund --input '{"id": "A-17"}'
-    kernos send RUN customer '"yes, refund it"'
+kernos worker --app examples.refund
+kernos run refund --input '{"id": "A-17"}'
+kernos send RUN customer '"yes, refund it"'
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class SchemaMismatch(InfrastructureError):
     retryable = False
 
 
-class Cancelled(BaseException):  # noqa: N818 - named like asyncio.CancelledError's role
+class Cancelled(BaseException):
     """Delivered into agent code at a step boundary when the run is cancelled.
 
     The agent may catch it to clean up (its further steps are journaled as usual); the run ends
@@ -176,7 +176,7 @@ class Cancelled(BaseException):  # noqa: N818 - named like asyncio.CancelledErro
     """
 
 
-class LeaseLost(BaseException):  # noqa: N818
+class LeaseLost(BaseException):
     """This worker no longer owns the run (its lease expired and another worker took it).
 
     Guarantee 3: a worker that lost its lease commits nothing more for the run.

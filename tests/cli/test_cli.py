@@ -44,8 +44,18 @@ class Kernos:
     def worker(self, log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "kernos", "worker", "--app", "examples.refund",
-                 "--poll-interval", "0.1", "--lease-ttl", "3"],
+                [
+                    sys.executable,
+                    "-m",
+                    "kernos",
+                    "worker",
+                    "--app",
+                    "examples.refund",
+                    "--poll-interval",
+                    "0.1",
+                    "--lease-ttl",
+                    "3",
+                ],
                 env=self.env,
                 cwd=ROOT,
                 stdout=out,
@@ -82,8 +92,9 @@ def wait_state(kernos: Kernos, run_id: str, state: str, timeout: float = 20) -> 
 
 
 def test_the_refund_story(kernos: Kernos, worker: subprocess.Popen[bytes]) -> None:
-    run_id = kernos("run", "refund", "--app", "examples.refund", "--input",
-                    '{"id": "A-17", "cooling_off": 1.2}').stdout.strip()
+    run_id = kernos(
+        "run", "refund", "--app", "examples.refund", "--input", '{"id": "A-17", "cooling_off": 1.2}'
+    ).stdout.strip()
     waiting = wait_state(kernos, run_id, "waiting")
     assert waiting["waiting_for"] in ("timer", "message:customer")
     wait_state_for = time.monotonic() + 20
@@ -99,7 +110,10 @@ def test_the_refund_story(kernos: Kernos, worker: subprocess.Popen[bytes]) -> No
     }
     steps = done["steps"]
     assert isinstance(steps, list) and [s["kind"] for s in steps] == [
-        "step", "sleep", "wait_for_message"]
+        "step",
+        "sleep",
+        "wait_for_message",
+    ]
     runs = kernos.json("runs", "--state", "completed")
     assert isinstance(runs, list) and [r["id"] for r in runs] == [run_id]
     trace = kernos("trace", run_id).stdout
@@ -111,8 +125,15 @@ def test_the_refund_story(kernos: Kernos, worker: subprocess.Popen[bytes]) -> No
 
 
 def test_run_wait_prints_the_output(kernos: Kernos, worker: subprocess.Popen[bytes]) -> None:
-    started = kernos("run", "refund", "--app", "examples.refund", "--input",
-                     '{"id": "B-2", "cooling_off": 0}', "--json")
+    started = kernos(
+        "run",
+        "refund",
+        "--app",
+        "examples.refund",
+        "--input",
+        '{"id": "B-2", "cooling_off": 0}',
+        "--json",
+    )
     run_id = json.loads(started.stdout)["id"]
     wait_state(kernos, run_id, "waiting")
     kernos("send", run_id, "customer", '{"ok": true}')
@@ -121,8 +142,9 @@ def test_run_wait_prints_the_output(kernos: Kernos, worker: subprocess.Popen[byt
 
 
 def test_pause_resume_cancel(kernos: Kernos) -> None:
-    run_id = kernos("run", "refund", "--app", "examples.refund", "--input", '{"id": "C"}',
-                    "--delay", "3600").stdout.strip()
+    run_id = kernos(
+        "run", "refund", "--app", "examples.refund", "--input", '{"id": "C"}', "--delay", "3600"
+    ).stdout.strip()
     assert "paused" in kernos("pause", run_id, "--reason", "look first").stdout
     again = kernos("pause", run_id, ok=False)
     assert again.returncode == 2 and "only a live run pauses" in again.stderr
@@ -143,8 +165,11 @@ def test_pause_resume_cancel(kernos: Kernos) -> None:
         (["send", "01NOSUCHRUN", "t", "{x"], 2, "not valid JSON"),
         (["cancel", "01NOSUCHRUN"], 2, "not found in"),
         (["runs", "--state", "sleeping"], 2, "not a run state"),
-        (["schedule", "add", "s", "refund", "every day", "--app", "examples.refund"], 2,
-         "not a valid cron expression"),
+        (
+            ["schedule", "add", "s", "refund", "every day", "--app", "examples.refund"],
+            2,
+            "not a valid cron expression",
+        ),
         (["schedule", "remove", "nope"], 2, "no schedule named"),
         (["worker"], 2, "no app module"),
     ],
@@ -179,13 +204,23 @@ def test_schedules_and_db_commands(kernos: Kernos) -> None:
     kernos("db", "migrate")
     status = kernos.json("db", "status")
     assert isinstance(status, dict) and status["current"] == status["latest"] >= 1
-    kernos("schedule", "add", "nightly", "refund", "0 3 * * *", "--input", '{"id": "N"}',
-           "--app", "examples.refund")
+    kernos(
+        "schedule",
+        "add",
+        "nightly",
+        "refund",
+        "0 3 * * *",
+        "--input",
+        '{"id": "N"}',
+        "--app",
+        "examples.refund",
+    )
     listed = kernos.json("schedule", "list")
     assert isinstance(listed, list) and listed[0]["name"] == "nightly"
     assert listed[0]["input"] == {"id": "N"}
-    dup = kernos("schedule", "add", "nightly", "refund", "0 3 * * *", "--app",
-                 "examples.refund", ok=False)
+    dup = kernos(
+        "schedule", "add", "nightly", "refund", "0 3 * * *", "--app", "examples.refund", ok=False
+    )
     assert dup.returncode == 2 and "exists already" in dup.stderr
     kernos("schedule", "remove", "nightly")
     assert kernos.json("schedule", "list") == []

@@ -162,7 +162,9 @@ async def test_claim_respects_priority_delay_and_version(store: SqlStore) -> Non
     high = await new_run(store, priority=5)
     await new_run(store, run_at=time.time() + 3600)
     await new_run(store, agent_version="2")
-    claims = await store.claim(worker_id="w", agents=AGENTS, limit=10, lease_ttl=30, agent_limits={})
+    claims = await store.claim(
+        worker_id="w", agents=AGENTS, limit=10, lease_ttl=30, agent_limits={}
+    )
     assert [c.run.id for c in claims] == [high, low]
 
 
@@ -214,14 +216,19 @@ async def test_expired_lease_is_reclaimed_and_stale_owner_fenced(store: SqlStore
 async def test_own_expired_lease_not_reclaimed_by_same_worker(store: SqlStore) -> None:
     await claim_one(store, "w1", ttl=0.01)
     await asyncio.sleep(0.05)
-    assert await store.claim(worker_id="w1", agents=AGENTS, limit=1, lease_ttl=30, agent_limits={}) == []
+    assert (
+        await store.claim(worker_id="w1", agents=AGENTS, limit=1, lease_ttl=30, agent_limits={})
+        == []
+    )
 
 
 async def test_group_commit_of_many_concurrent_appends(store: SqlStore) -> None:
     runs = []
     for _ in range(20):
         await new_run(store)
-    claims = await store.claim(worker_id="w", agents=AGENTS, limit=20, lease_ttl=30, agent_limits={})
+    claims = await store.claim(
+        worker_id="w", agents=AGENTS, limit=20, lease_ttl=30, agent_limits={}
+    )
     runs = [(c.run.id, c.token) for c in claims]
 
     async def many(run_id: str, token: int) -> None:
@@ -301,7 +308,11 @@ async def test_message_suspend_race_never_strands_a_run(store: SqlStore) -> None
     for _ in range(15):
         run_id, token = await claim_one(store)
         suspend = store.suspend(
-            run_id, token, waiting_for="message:t", events=[], timer=None,
+            run_id,
+            token,
+            waiting_for="message:t",
+            events=[],
+            timer=None,
             wake_check=MessageWait("t"),
         )
         send = store.send_message(run_id, "t", "1")
@@ -320,25 +331,33 @@ async def test_child_completion_wakes_parent(store: SqlStore) -> None:
     parent, token = await claim_one(store)
     child_id = new_run_id()
     await store.spawn(
-        parent, token, events=[ev(1, "child_spawned")],
+        parent,
+        token,
+        events=[ev(1, "child_spawned")],
         child=NewRun(id=child_id, agent="a", agent_version="1", input="1", parent_id=parent),
     )
     result = await store.suspend(
-        parent, token, waiting_for=f"child:{child_id}", events=[], timer=None,
+        parent,
+        token,
+        waiting_for=f"child:{child_id}",
+        events=[],
+        timer=None,
         wake_check=ChildWait(child_id),
     )
     assert result == SuspendResult.SUSPENDED
     got, ctoken = await claim_one(store, "w2", create=False)
     assert got == child_id
-    await store.finish(child_id, ctoken, state=RunState.COMPLETED, events=[ev(1, "run_completed")],
-                       output="2")
+    await store.finish(
+        child_id, ctoken, state=RunState.COMPLETED, events=[ev(1, "run_completed")], output="2"
+    )
     assert (await store.get_run(parent)).state == RunState.QUEUED
 
 
 async def test_send_to_finished_run_is_refused(store: SqlStore) -> None:
     run_id, token = await claim_one(store)
-    await store.finish(run_id, token, state=RunState.COMPLETED, events=[ev(1, "run_completed")],
-                       output="1")
+    await store.finish(
+        run_id, token, state=RunState.COMPLETED, events=[ev(1, "run_completed")], output="1"
+    )
     with pytest.raises(InvalidState, match="completed"):
         await store.send_message(run_id, "t", "1")
 
@@ -362,16 +381,18 @@ async def test_pause_resume_cancel_transitions(store: SqlStore) -> None:
 
     running, token = await claim_one(store)
     assert (await store.cancel(running)).control == Control.CANCEL
-    result = await store.suspend(running, token, waiting_for="timer", events=[], timer=None,
-                                 wake_check=None)
+    result = await store.suspend(
+        running, token, waiting_for="timer", events=[], timer=None, wake_check=None
+    )
     assert result == SuspendResult.CANCEL_PENDING
 
 
 async def test_pause_of_running_run_lands_at_suspend(store: SqlStore) -> None:
     run_id, token = await claim_one(store)
     await store.pause(run_id)
-    result = await store.suspend(run_id, token, waiting_for="timer", events=[], timer=None,
-                                 wake_check=None)
+    result = await store.suspend(
+        run_id, token, waiting_for="timer", events=[], timer=None, wake_check=None
+    )
     assert result == SuspendResult.PAUSED
     run = await store.get_run(run_id)
     assert run.state == RunState.PAUSED and run.control is None

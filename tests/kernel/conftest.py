@@ -5,12 +5,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-
 from _kernel_support import WorkerFactory
 
 from kernos.kernel import Client, Registry, Worker, WorkerConfig
 
 FAST = WorkerConfig(concurrency=50, lease_ttl=3.0, poll_interval=0.05, grace=5.0)
+
 
 @pytest.fixture
 def worker(client: Client, registry: Registry) -> WorkerFactory:
@@ -28,5 +28,3 @@ def worker(client: Client, registry: Registry) -> WorkerFactory:
             await asyncio.wait_for(task, 30)
 
     return start
-
-

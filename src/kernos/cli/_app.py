@@ -30,8 +30,8 @@ from kernos.kernel import (
     connect,
     load_app,
     output_of,
+    parse_json,
 )
-from kernos.kernel._codec import parse_json
 from kernos.store import RunState, open_store
 
 from ._render import (
@@ -67,12 +67,15 @@ T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DbOpt = Annotated[
     str | None,
-    typer.Option("--database", envvar="KERNOS_DATABASE_URL", help="Database URL.", show_default=False),
+    typer.Option(
+        "--database", envvar="KERNOS_DATABASE_URL", help="Database URL.", show_default=False
+    ),
 ]
 AppOpt = Annotated[
     str | None,
-    typer.Option("--app", envvar="KERNOS_APP", help="Module that defines the agents.",
-                 show_default=False),
+    typer.Option(
+        "--app", envvar="KERNOS_APP", help="Module that defines the agents.", show_default=False
+    ),
 ]
 
 
@@ -127,7 +130,9 @@ async def run(
     input: Annotated[str, typer.Option("--input", "-i", help="The run's input as JSON.")] = "null",
     app_module: AppOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to end.")] = False,
-    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after seconds.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: give up after seconds.")
+    ] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
     delay: Annotated[float | None, typer.Option(help="Start no sooner than in SECONDS.")] = None,
     version: Annotated[str | None, typer.Option(help="Agent version (default: latest).")] = None,
@@ -137,9 +142,7 @@ async def run(
     """Start a run of AGENT; prints its id (with --wait, its output)."""
     value = _parse(input, "--input")
     async with await _client(database, app_module) as client:
-        started = await client.start(
-            agent, value, version=version, priority=priority, delay=delay
-        )
+        started = await client.start(agent, value, version=version, priority=priority, delay=delay)
         if not wait:
             out.print(dumps(run_dict(started)) if as_json else started.id)
             return
@@ -151,7 +154,9 @@ async def run(
             out.print(json.dumps(output_of(ended), indent=2))
         else:
             error = json.loads(ended.error) if ended.error else {}
-            err.print(f"[bold red]run {ended.id} {ended.state.value}:[/] {error.get('message', '')}")
+            err.print(
+                f"[bold red]run {ended.id} {ended.state.value}:[/] {error.get('message', '')}"
+            )
         if ended.state != RunState.COMPLETED:
             raise typer.Exit(1)
 
@@ -221,7 +226,9 @@ async def trace(
 @command
 async def logs(
     run_id: Annotated[str, typer.Argument(metavar="RUN")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
     as_json: JsonOpt = False,
     database: DbOpt = None,
 ) -> None:
@@ -309,7 +316,9 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Runs executed at once.")] = None,
     grace: Annotated[float | None, typer.Option(help="Seconds to finish steps on SIGTERM.")] = None,
     lease_ttl: Annotated[float | None, typer.Option(help="Lease time-to-live, seconds.")] = None,
-    poll_interval: Annotated[float | None, typer.Option(help="Idle poll interval, seconds.")] = None,
+    poll_interval: Annotated[
+        float | None, typer.Option(help="Idle poll interval, seconds.")
+    ] = None,
     database: DbOpt = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
 ) -> None:
@@ -389,9 +398,7 @@ async def schedule_list(as_json: JsonOpt = False, database: DbOpt = None) -> Non
 
 @schedule_app.command("remove")
 @command
-async def schedule_remove(
-    name: Annotated[str, typer.Argument()], database: DbOpt = None
-) -> None:
+async def schedule_remove(name: Annotated[str, typer.Argument()], database: DbOpt = None) -> None:
     """Remove a schedule (runs it started are not touched)."""
     async with await _client(database) as client:
         await client.remove_schedule(name)

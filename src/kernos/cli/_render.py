@@ -24,7 +24,6 @@ STATE_STYLE = {
 }
 
 
-
 def _json_field(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -204,7 +203,9 @@ def _event_label(ev: Event, t0: float) -> Text:
 def _event_detail(ev: Event) -> str:
     p = ev.payload
     if ev.type == "run_claimed":
-        return f"by {p.get('worker')} (token {p.get('token')}, replaying {p.get('replaying')} step(s))"
+        return (
+            f"by {p.get('worker')} (token {p.get('token')}, replaying {p.get('replaying')} step(s))"
+        )
     if ev.type in ("step_failed", "step_attempt_failed"):
         err = p.get("error", {})
         retry = f", retry in {_ms(p['retry_in'])}" if "retry_in" in p else ""

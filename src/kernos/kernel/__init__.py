@@ -1,11 +1,12 @@
 """The kernel layer: durable runs by replay, workers, leases, timers, messages, schedules."""
 
 from kernos.kernel._client import Client, connect, format_time, output_of
+from kernos.kernel._codec import parse_json
 from kernos.kernel._context import ChildHandle, RunContext
 from kernos.kernel._execution import idempotency_key
 from kernos.kernel._faults import Faults
-from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_app
+from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._retry import RetryPolicy, retry
 from kernos.kernel._settings import Settings
 from kernos.kernel._worker import Worker, WorkerConfig
@@ -29,5 +30,6 @@ __all__ = [
     "idempotency_key",
     "load_app",
     "output_of",
+    "parse_json",
     "retry",
 ]

@@ -57,8 +57,9 @@ class Client:
             return version
         if known and version is None:
             return known[-1].version
-        names = sorted({a.name for a in await self.store.list_agents()} | {
-            s.name for s in self.registry})
+        names = sorted(
+            {a.name for a in await self.store.list_agents()} | {s.name for s in self.registry}
+        )
         raise AgentNotFound(
             f"no agent named {agent!r}{f' at version {version!r}' if version else ''} is known "
             f"(known: {', '.join(names) or 'none'}); pass --app MODULE, or start a worker for "
@@ -134,8 +135,9 @@ class Client:
                 )
             await asyncio.sleep(poll)
 
-    async def send(self, run_id: str, topic: str, payload: Any, *, sender: str | None = None
-                   ) -> Message:
+    async def send(
+        self, run_id: str, topic: str, payload: Any, *, sender: str | None = None
+    ) -> Message:
         text = encode(payload, "the message")
         return await self.store.send_message(run_id, topic, text, sender=sender)
 
@@ -199,6 +201,3 @@ async def connect(
         await store.close()
         raise
     return Client(store, registry)
-
-
-

@@ -105,7 +105,9 @@ class RunContext:
         """A uniform random float in [0, 1), recorded for replay."""
         return self._x.random()
 
-    async def spawn(self, agent: str, input: Any = None, *, version: str | None = None) -> ChildHandle:
+    async def spawn(
+        self, agent: str, input: Any = None, *, version: str | None = None
+    ) -> ChildHandle:
         """Start a child run of ``agent``; linked to this run, with its own journal."""
         child_id = await self._x.spawn(agent, input, version)
         return ChildHandle(self._x, child_id, agent)

@@ -194,7 +194,10 @@ class Execution:
             return await self._suspend(s)
         except Yield as y:
             await self.store.release(
-                self.run_id, self.token, state=y.state, events=self._flush([self._event(y.event_type)])
+                self.run_id,
+                self.token,
+                state=y.state,
+                events=self._flush([self._event(y.event_type)]),
             )
             return True
         except Cancelled as exc:
@@ -403,7 +406,11 @@ class Execution:
             return
         await self._write(
             self._event(
-                "step_failed", step=pos, name=name, attempt=attempt, payload=payload,
+                "step_failed",
+                step=pos,
+                name=name,
+                attempt=attempt,
+                payload=payload,
                 duration=duration,
             )
         )
@@ -555,8 +562,13 @@ class Execution:
                     payload={"state": child.state.value, "output": output, "error": error},
                 )
             )
-            recorded = [Event(seq=0, type="child_result", payload={
-                "state": child.state.value, "output": output, "error": error})]
+            recorded = [
+                Event(
+                    seq=0,
+                    type="child_result",
+                    payload={"state": child.state.value, "output": output, "error": error},
+                )
+            ]
         payload = recorded[-1].payload
         if payload["state"] != RunState.COMPLETED.value:
             err = payload.get("error") or {}

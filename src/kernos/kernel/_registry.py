@@ -92,8 +92,9 @@ class Registry:
         limits: dict[str, int] = {}
         for spec in self:
             if spec.max_concurrency is not None:
-                limits[spec.name] = min(limits.get(spec.name, spec.max_concurrency),
-                                        spec.max_concurrency)
+                limits[spec.name] = min(
+                    limits.get(spec.name, spec.max_concurrency), spec.max_concurrency
+                )
         return limits
 
     def latest_versions(self) -> dict[str, str]:
@@ -112,7 +113,7 @@ def _input_model(fn: AgentFn) -> type[BaseModel] | None:
         )
     try:
         hints = get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - unresolvable annotations just mean no validation
+    except Exception:
         return None
     hint = hints.get(params[1].name)
     if inspect.isclass(hint) and issubclass(hint, BaseModel):

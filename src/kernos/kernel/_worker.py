@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kernos.errors import InfrastructureError, KernosError
@@ -36,7 +36,7 @@ class WorkerConfig:
     poll_interval: float = 1.0
     grace: float = 30.0
     worker_id: str | None = None
-    faults: Faults = Faults()
+    faults: Faults = field(default_factory=Faults)
 
 
 class Worker:
@@ -99,8 +99,9 @@ class Worker:
                 claimed = await self._claim_some()
                 backoff = self.config.poll_interval
             except InfrastructureError as exc:
-                log.warning("worker %s: store unavailable, retrying in %.1fs: %s",
-                            self.id, backoff, exc)
+                log.warning(
+                    "worker %s: store unavailable, retrying in %.1fs: %s", self.id, backoff, exc
+                )
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
@@ -125,9 +126,7 @@ class Worker:
         return len(claims)
 
     def _start(self, claim: Claim) -> None:
-        execution = Execution(
-            self.store, self.registry, claim, self._signals, self.config.faults
-        )
+        execution = Execution(self.store, self.registry, claim, self._signals, self.config.faults)
         task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
         self._active[claim.run.id] = (task, execution)
 
@@ -214,8 +213,9 @@ class Worker:
         tasks = [task for task, _ in self._active.values()]
         if not tasks:
             return
-        log.info("worker %s draining %d run(s), grace %.0fs", self.id, len(tasks),
-                 self.config.grace)
+        log.info(
+            "worker %s draining %d run(s), grace %.0fs", self.id, len(tasks), self.config.grace
+        )
         _, pending = await asyncio.wait(tasks, timeout=self.config.grace)
         for task in pending:
             task.cancel()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 Row = tuple[Any, ...]
 Params = Sequence[Any]
@@ -37,7 +37,7 @@ class Dialect(Protocol):
     lock_skip: str
     #: appended inside the fencing sub-SELECT of an append (blocks a concurrent re-claim)
     lock_fence: str
-    ddl_types: dict[str, str]
+    ddl_types: ClassVar[dict[str, str]]
 
     def write(self) -> AbstractContextManager[Tx]:
         """A transaction that will write: serialised against other writers where needed."""

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -176,7 +176,7 @@ class PostgresDialect:
     lock_rows = " FOR UPDATE"
     lock_skip = " FOR UPDATE SKIP LOCKED"
     lock_fence = " FOR KEY SHARE"
-    ddl_types = {
+    ddl_types: ClassVar[dict[str, str]] = {
         "float": "DOUBLE PRECISION",
         "bigint": "BIGINT",
         "serial_pk": "BIGSERIAL PRIMARY KEY",

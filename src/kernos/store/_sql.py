@@ -62,8 +62,7 @@ _EVENT_COLUMNS = "run_id, seq, type, step, name, attempt, payload, created_at, d
 _INSERT_EVENT = f"INSERT INTO kernos_journal ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _FENCE = "SELECT 1 FROM kernos_runs WHERE id = ? AND lease_token = ? AND state = 'running'"
 _OWN = (
-    "UPDATE kernos_runs SET updated_at = ? "
-    "WHERE id = ? AND lease_token = ? AND state = 'running'"
+    "UPDATE kernos_runs SET updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'running'"
 )
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
@@ -232,9 +231,7 @@ class SqlStore:
 
     def _register_agents(self, agents: Sequence[tuple[str, str]]) -> None:
         with self._d.read() as tx:
-            known = {
-                (r[0], r[1]) for r in tx.fetchall("SELECT name, version FROM kernos_agents")
-            }
+            known = {(r[0], r[1]) for r in tx.fetchall("SELECT name, version FROM kernos_agents")}
         missing = [a for a in agents if a not in known]
         if not missing:
             return
@@ -616,9 +613,7 @@ class SqlStore:
                 is not None
             )
         if isinstance(wake_check, ChildWait):
-            row = tx.fetchone(
-                "SELECT state FROM kernos_runs WHERE id = ?", (wake_check.child_id,)
-            )
+            row = tx.fetchone("SELECT state FROM kernos_runs WHERE id = ?", (wake_check.child_id,))
             return row is not None and RunState(row[0]).terminal
         return False
 
@@ -757,9 +752,7 @@ class SqlStore:
         payload = {"reason": reason} if reason else {}
         self._insert_events(tx, run_id, [Event(seq=seq, type=kind, payload=payload)])
 
-    def _send_message(
-        self, run_id: str, topic: str, payload: str, sender: str | None
-    ) -> Message:
+    def _send_message(self, run_id: str, topic: str, payload: str, sender: str | None) -> Message:
         now = time.time()
         with self._d.write() as tx:
             run = self._get(tx, run_id, self._d.lock_rows)

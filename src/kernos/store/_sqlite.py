@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 from kernos.errors import ConfigError, StoreFull, StoreUnavailable
 from kernos.store._dialect import Params, Row, Tx
@@ -52,7 +53,7 @@ class SqliteDialect:
     lock_rows = ""
     lock_skip = ""
     lock_fence = ""
-    ddl_types = {
+    ddl_types: ClassVar[dict[str, str]] = {
         "float": "REAL",
         "bigint": "INTEGER",
         "serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
