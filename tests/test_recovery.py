@@ -166,6 +166,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_repeats_only_in_fligh
             assert len(set(earlier)) == len(earlier), (seed, runs_of_step)
             repeats += len(earlier)
             orphans_per_kill.update((pid, run_id) for pid in earlier)
+    print(f"seed {seed}: {len(killed)} kills, {repeats} repeated step effects")
     # A kill interrupts at most one step per run it was executing.
     assert max(orphans_per_kill.values(), default=0) <= 1
     assert repeats <= len(killed) * RUNS

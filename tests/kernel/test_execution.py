@@ -486,3 +486,25 @@ async def test_cron_schedule_starts_runs(
 
 async def _has_runs(client: Client) -> bool:
     return bool(await client.runs())
+
+
+async def test_cancelled_agent_may_wait_while_cleaning_up(
+    client: Client, registry: Registry, worker: WorkerFactory
+) -> None:
+    @kernos.agent("slow_cleanup", registry=registry)
+    async def slow_cleanup(ctx: kernos.RunContext, _: None) -> str:
+        try:
+            await ctx.wait_for_message("never")
+        except kernos.Cancelled:
+            await ctx.sleep(1.2)  # a durable wait after the cancel: must not loop forever
+            await ctx.step("undo", lambda: "undone")
+        return "cleaned up"
+
+    async with worker():
+        run = await client.start("slow_cleanup")
+        await until(lambda: _waiting(client, run.id))
+        await client.cancel(run.id)
+        done = await client.wait(run.id, timeout=20)
+    assert done.state == RunState.CANCELLED and output_of(done) is None
+    types = await types_of(client, run.id)
+    assert types.count("cancel_delivered") == 1 and "timer_fired" in types

@@ -239,6 +239,7 @@ class Execution:
             events=self._flush(s.events),
             timer=s.timer,
             wake_check=s.wake,
+            cancel_delivered=self._cancel_sent or self._history.cancel_delivered(),
         )
         if result in (SuspendResult.SUSPENDED, SuspendResult.PAUSED):
             return True

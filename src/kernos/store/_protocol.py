@@ -105,6 +105,7 @@ class Store(Protocol):
         events: Sequence[Event],
         timer: Timer | None,
         wake_check: WakeCheck,
+        cancel_delivered: bool = False,
     ) -> SuspendResult: ...
     async def release(
         self, run_id: str, token: int, *, state: RunState, events: Sequence[Event]

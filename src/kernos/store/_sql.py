@@ -573,6 +573,7 @@ class SqlStore:
         events: Sequence[Event],
         timer: Timer | None,
         wake_check: WakeCheck,
+        cancel_delivered: bool,
     ) -> SuspendResult:
         now = time.time()
         with self._d.write() as tx:
@@ -583,7 +584,7 @@ class SqlStore:
             )
             if row is None or row[0] != token or row[1] != "running":
                 raise LeaseLost(run_id)
-            if row[2] == Control.CANCEL:
+            if row[2] == Control.CANCEL and not cancel_delivered:
                 return SuspendResult.CANCEL_PENDING
             if self._wake_pending(tx, run_id, wake_check):
                 return SuspendResult.WAKE_PENDING
@@ -626,11 +627,23 @@ class SqlStore:
         events: Sequence[Event],
         timer: Timer | None,
         wake_check: WakeCheck,
+        cancel_delivered: bool = False,
     ) -> SuspendResult:
-        """Park the run until woken; holds nothing in the worker afterwards (guarantee 4)."""
+        """Park the run until woken; holds nothing in the worker afterwards (guarantee 4).
+
+        Returns without parking when what it would wait for is there already, or when a cancel
+        is pending that the agent has not been given yet (``cancel_delivered`` False).
+        """
         self._check_events(events)
         return await self._call(
-            self._suspend, run_id, token, waiting_for, list(events), timer, wake_check
+            self._suspend,
+            run_id,
+            token,
+            waiting_for,
+            list(events),
+            timer,
+            wake_check,
+            cancel_delivered,
         )
 
     def _release(self, run_id: str, token: int, state: RunState, events: Sequence[Event]) -> None:
