@@ -213,13 +213,15 @@ async def test_expired_lease_is_reclaimed_and_stale_owner_fenced(store: SqlStore
     assert beat.lost == {run_id}
 
 
-async def test_own_expired_lease_not_reclaimed_by_same_worker(store: SqlStore) -> None:
-    await claim_one(store, "w1", ttl=0.01)
+async def test_own_expired_lease_is_reclaimed_with_a_new_token(store: SqlStore) -> None:
+    """A worker whose lease expired (say the database was unreachable) may take the run back,
+    but only under a new token: its older execution is fenced like any other stale owner."""
+    run_id, old = await claim_one(store, "w1", ttl=0.01)
     await asyncio.sleep(0.05)
-    assert (
-        await store.claim(worker_id="w1", agents=AGENTS, limit=1, lease_ttl=30, agent_limits={})
-        == []
-    )
+    got, new = await claim_one(store, "w1", create=False)
+    assert got == run_id and new == old + 1
+    with pytest.raises(LeaseLost):
+        await store.append(run_id, old, [ev(1)])
 
 
 async def test_group_commit_of_many_concurrent_appends(store: SqlStore) -> None:

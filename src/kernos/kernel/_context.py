@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from kernos.errors import UsageError
 from kernos.kernel._execution import Execution
-
-T = TypeVar("T")
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -63,9 +61,7 @@ class RunContext:
     def parent_id(self) -> str | None:
         return self._x.run.parent_id
 
-    async def step(
-        self, name: str, fn: Callable[..., Awaitable[T] | T], /, *args: Any, **kwargs: Any
-    ) -> Any:
+    async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once and journal its result (guarantees 1 and 2).
 
         On replay the recorded result is returned and ``fn`` is not called. A failing attempt

@@ -126,6 +126,12 @@ class Worker:
         return len(claims)
 
     def _start(self, claim: Claim) -> None:
+        stale = self._active.get(claim.run.id)
+        if stale is not None:
+            # This worker re-claimed its own run (its lease had expired, e.g. the database was
+            # unreachable): the older execution is fenced off; stop it.
+            stale[1].lost = True
+            stale[0].cancel()
         execution = Execution(self.store, self.registry, claim, self._signals, self.config.faults)
         task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
         self._active[claim.run.id] = (task, execution)
@@ -140,7 +146,9 @@ class Worker:
         except Exception:
             log.exception("run %s: unexpected error in the worker", execution.run_id)
         finally:
-            self._active.pop(execution.run_id, None)
+            entry = self._active.get(execution.run_id)
+            if entry is not None and entry[1] is execution:
+                del self._active[execution.run_id]
             self._wake.set()
 
     async def _housekeeping(self) -> None:

@@ -397,11 +397,10 @@ class SqlStore:
             rows = tx.fetchall(
                 f"SELECT {_RUN_COLUMNS} FROM kernos_runs "
                 "WHERE ((state = 'queued' AND run_at <= ?) "
-                "OR (state = 'running' AND lease_expires_at < ? "
-                "AND (lease_owner IS NULL OR lease_owner <> ?))) "
+                "OR (state = 'running' AND lease_expires_at < ?)) "
                 f"AND agent || '@' || agent_version IN ({placeholders(len(keys))}){exclude} "
                 f"ORDER BY priority DESC, run_at, id LIMIT ?{self._d.lock_skip}",
-                (now, now, worker_id, *keys, *blocked, limit),
+                (now, now, *keys, *blocked, limit),
             )
             chosen: list[Run] = []
             for run in map(_run, rows):
