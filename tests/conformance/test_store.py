@@ -420,3 +420,13 @@ async def test_schedule_fires_once_per_tick_across_workers(store: SqlStore) -> N
     await store.remove_schedule("nightly")
     with pytest.raises(ScheduleNotFound):
         await store.remove_schedule("nightly")
+
+
+async def test_append_reports_a_pending_control_request(store: SqlStore) -> None:
+    """A pause or cancel reaches the owner at its next append, and the events still land."""
+    run_id, token = await claim_one(store)
+    assert await store.append(run_id, token, [ev(1)]) is None
+    await store.pause(run_id)
+    assert await store.append(run_id, token, [ev(2)]) == Control.PAUSE
+    assert await store.append(run_id, token, [ev(3, step=2), ev(4, step=3)]) == Control.PAUSE
+    assert [e.seq for e in await store.load_journal(run_id)] == [1, 2, 3, 4]

@@ -313,10 +313,12 @@ class Execution:
     async def _write(self, *events: Event) -> None:
         batch = self._flush(list(events))
         try:
-            await self.store.append(self.run_id, self.token, batch)
+            control = await self.store.append(self.run_id, self.token, batch)
         except LeaseLost:
             self.lost = True
             raise
+        if control is not None:
+            self.control = control
 
     # -- step positions and boundaries ------------------------------------------------------
 

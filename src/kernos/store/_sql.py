@@ -61,6 +61,9 @@ _RUN_COLUMNS = (
 _EVENT_COLUMNS = "run_id, seq, type, step, name, attempt, payload, created_at, duration"
 _INSERT_EVENT = f"INSERT INTO kernos_journal ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _FENCE = "SELECT 1 FROM kernos_runs WHERE id = ? AND lease_token = ? AND state = 'running'"
+# The hot path's fence also fails while a person's request (pause, cancel) is pending, so that the
+# owner learns of it at its very next append without reading anything more (see ``append``).
+_FENCE_QUIET = _FENCE + " AND control IS NULL"
 _OWN = (
     "UPDATE kernos_runs SET updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'running'"
 )
@@ -484,22 +487,42 @@ class SqlStore:
             inserted = tx.execute(
                 f"INSERT INTO kernos_journal ({_EVENT_COLUMNS}) "
                 "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
-                f"({_FENCE}{self._d.lock_fence})",
+                f"({_FENCE_QUIET}{self._d.lock_fence})",
                 (*_event_params(run_id, events[0], now), run_id, token),
             )
             return inserted == 1
-        if tx.fetchone(_FENCE + self._d.lock_fence, (run_id, token)) is None:
+        if tx.fetchone(_FENCE_QUIET + self._d.lock_fence, (run_id, token)) is None:
             return False
         for ev in events:
             tx.execute(_INSERT_EVENT, _event_params(run_id, ev, now))
         return True
 
-    async def append(self, run_id: str, token: int, events: Sequence[Event]) -> None:
-        """Commit events to the run's journal, or raise ``LeaseLost`` and write nothing."""
+    async def append(self, run_id: str, token: int, events: Sequence[Event]) -> Control | None:
+        """Commit events to the run's journal, or raise ``LeaseLost`` and write nothing.
+
+        Returns the pending control request (pause, cancel) if a person made one, so that the
+        owner acts on it at the next step boundary; the events are committed either way.
+        """
         self._check_events(events)
         ok = await asyncio.wrap_future(self._committer.submit(run_id, token, events))
-        if not ok:
-            raise LeaseLost(run_id)
+        if ok:
+            return None
+        return await self._call(self._append_with_control, run_id, token, list(events))
+
+    def _append_with_control(
+        self, run_id: str, token: int, events: Sequence[Event]
+    ) -> Control | None:
+        """The quiet fence failed: the lease is lost, or a control request is pending."""
+        with self._d.write() as tx:
+            row = tx.fetchone(
+                f"SELECT lease_token, state, control FROM kernos_runs WHERE id = ?"
+                f"{self._d.lock_rows}",
+                (run_id,),
+            )
+            if row is None or row[0] != token or row[1] != "running":
+                raise LeaseLost(run_id)
+            self._insert_events(tx, run_id, events)
+            return Control(row[2]) if row[2] else None
 
     def _own(self, tx: Tx, run_id: str, token: int) -> None:
         if tx.execute(_OWN, (time.time(), run_id, token)) != 1:
