@@ -34,7 +34,7 @@ APPS = Path(__file__).resolve().parent / "apps"
 async def wait_until(
     condition: Callable[[], Any | Awaitable[Any]],
     *,
-    timeout: float,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    timeout: float,
     what: str,
     interval: float = 0.05,
 ) -> Any:

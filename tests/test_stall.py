@@ -344,11 +344,6 @@ async def test_sqlite_full_rejects_writes_cleanly_and_recovers(sqlite_url: str) 
         await store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel: a StoreFull from a journal write fails the run (Execution._attempt) and the "
-    "worker never re-claims a run it dropped (SqlStore._claim excludes its own expired leases)",
-)
 async def test_sqlite_full_mid_run_keeps_steps_and_completes(sqlite_url: str) -> None:
     """Guarantees 1 and 7 with the disk filling under a running worker.
 
@@ -393,8 +388,9 @@ async def test_sqlite_full_mid_run_keeps_steps_and_completes(sqlite_url: str) ->
         gate.set()  # step 4 runs now and its result cannot be written
 
         async def write_refused() -> bool:
-            # the run stays as it was: no new event, not failed
-            return effects[3] == 1
+            # the run stays as it was: no new event, not failed (step 4 may run again on each
+            # re-claim while the disk stays full: at least once, never recorded)
+            return effects[3] >= 1
 
         await wait_until(write_refused, deadline=10, what="step 4 to run into the full disk")
         journal = await client.journal(run.id)

@@ -191,7 +191,11 @@ async def connect(
     """Open the database (``url``, else ``KERNOS_DATABASE_URL``, else ``.kernos/kernos.db``),
     apply pending migrations, and return a ``Client``."""
     settings = settings or Settings()
-    store = open_store(url or settings.database_url, max_payload=settings.max_payload_bytes)
+    store = open_store(
+        url or settings.database_url,
+        max_payload=settings.max_payload_bytes,
+        io_timeout=settings.db_io_timeout,
+    )
     try:
         if migrate:
             await store.migrate()

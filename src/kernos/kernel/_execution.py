@@ -22,10 +22,10 @@ import random
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -33,6 +33,7 @@ from kernos.errors import (
     AgentNotFound,
     Cancelled,
     ChildRunFailed,
+    InfrastructureError,
     InvalidInput,
     KernosError,
     LeaseLost,
@@ -62,6 +63,8 @@ from kernos.store import (
 )
 
 log = logging.getLogger("kernos.worker")
+
+T = TypeVar("T")
 
 _current_key: contextvars.ContextVar[str] = contextvars.ContextVar("kernos_idempotency_key")
 
@@ -94,6 +97,18 @@ class Suspend(BaseException):
         self.events = events
         self.timer = timer
         self.wake = wake
+
+
+class StoreDown(BaseException):
+    """The store failed under a run (unreachable, full): not the agent's failure.
+
+    Derives from ``BaseException`` so that agent code cannot catch it; the execution drops its
+    claim and the run is replayed once the store answers again.
+    """
+
+    def __init__(self, cause: InfrastructureError) -> None:
+        self.cause = cause
+        super().__init__(str(cause))
 
 
 class Yield(BaseException):
@@ -162,6 +177,11 @@ class Execution:
                     return
         except LeaseLost:
             log.warning("run %s: lease lost; stopped without writing", self.run_id)
+        except (StoreDown, InfrastructureError) as exc:
+            # Nothing more can be written now; the lease runs out and the run is claimed again
+            # (by this worker too) and continues by replay once the store answers.
+            log.warning("run %s: store unavailable, claim dropped: %s", self.run_id, exc)
+            await self._release_quietly()
         except asyncio.CancelledError:
             if not self.lost:
                 await asyncio.shield(self._release_quietly())
@@ -317,6 +337,8 @@ class Execution:
         except LeaseLost:
             self.lost = True
             raise
+        except InfrastructureError as exc:
+            raise StoreDown(exc) from exc
         if control is not None:
             self.control = control
 
@@ -343,6 +365,13 @@ class Execution:
             raise Yield(RunState.PAUSED, "run_paused")
         if self.signals.draining:
             raise Yield(RunState.QUEUED, "run_released")
+
+    async def _store_call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        """A store call made from inside agent code: its failure is the store's, not the agent's."""
+        try:
+            return await fn(*args, **kw)
+        except InfrastructureError as exc:
+            raise StoreDown(exc) from exc
 
     # -- ctx primitives ---------------------------------------------------------------------
 
@@ -491,9 +520,12 @@ class Execution:
                 created_at=time.time(),
             )
 
-        message = await self.store.take_message(
-            self.run_id, self.token, topic=topic, step=pos, before=before, make_event=make_event
-        )
+        try:
+            message = await self.store.take_message(
+                self.run_id, self.token, topic=topic, step=pos, before=before, make_event=make_event
+            )
+        except InfrastructureError as exc:
+            raise StoreDown(exc) from exc
         if message is None:
             self._pending = before
         else:
@@ -533,7 +565,8 @@ class Execution:
             name=agent,
             payload={"child_id": child_id, "agent": agent, "version": spec.version},
         )
-        await self.store.spawn(
+        await self._store_call(
+            self.store.spawn,
             self.run_id,
             self.token,
             events=self._flush([event]),
@@ -552,7 +585,7 @@ class Execution:
         pos, recorded = self._next("child_result", child_id)
         if not recorded:
             self._boundary(pos)
-            child = await self.store.get_run(child_id)
+            child = await self._store_call(self.store.get_run, child_id)
             if not child.state.terminal:
                 raise Suspend(f"child:{child_id}", [], None, ChildWait(child_id))
             output = json.loads(child.output) if child.output else None

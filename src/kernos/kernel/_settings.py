@@ -24,4 +24,5 @@ class Settings(BaseSettings):
     poll_interval: float = Field(default=1.0, gt=0)
     grace: float = Field(default=30.0, ge=0)
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD, ge=1024)
+    db_io_timeout: float | None = Field(default=None, gt=0)
     fault: str | None = None

@@ -190,30 +190,46 @@ class Worker:
     # -- leases -------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        interval = self.config.lease_ttl / 3
+        """Renew every held lease each TTL/3; fence ourselves off when renewals stop working.
+
+        Past a full TTL without a successful renewal another worker may own our runs, so their
+        executions stop here rather than at their next (fenced) write: that bounds how long two
+        workers can both be running the same step.
+        """
+        ttl = self.config.lease_ttl
+        last_ok = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(ttl / 3)
             leases = {rid: ex.token for rid, (_, ex) in self._active.items()}
             if not leases:
+                last_ok = time.monotonic()
                 continue
             try:
-                beat = await self.store.heartbeat(
-                    worker_id=self.id, leases=leases, lease_ttl=self.config.lease_ttl
+                beat = await asyncio.wait_for(
+                    self.store.heartbeat(worker_id=self.id, leases=leases, lease_ttl=ttl),
+                    timeout=ttl,
                 )
-            except InfrastructureError as exc:
-                log.warning("worker %s: heartbeat failed: %s", self.id, exc)
+            except (InfrastructureError, TimeoutError) as exc:
+                log.warning("worker %s: heartbeat failed: %s", self.id, exc or "timed out")
+                if time.monotonic() - last_ok > ttl:
+                    self._lose(set(leases), "no lease renewal for a whole TTL")
                 continue
-            for run_id in beat.lost:
-                entry = self._active.get(run_id)
-                if entry is not None:
-                    task, execution = entry
-                    execution.lost = True
-                    task.cancel()
-                    log.warning("run %s: lease lost to another worker", run_id)
+            last_ok = time.monotonic()
+            self._lose(beat.lost, "lease lost to another worker")
             for run_id, control in beat.control.items():
                 entry = self._active.get(run_id)
                 if entry is not None:
                     entry[1].control = control
+
+    def _lose(self, run_ids: set[str] | frozenset[str], why: str) -> None:
+        for run_id in run_ids:
+            entry = self._active.get(run_id)
+            if entry is None:
+                continue
+            task, execution = entry
+            execution.lost = True
+            task.cancel()
+            log.warning("run %s: stopped: %s", run_id, why)
 
     # -- shutdown -----------------------------------------------------------------------------
 

@@ -88,6 +88,11 @@ class GroupCommitter:
                 return
 
     def _commit(self, batch: list[_Append]) -> None:
+        # An append whose waiter was cancelled (its run's task stopped) is dropped; the rest
+        # can no longer be cancelled, so setting their results below cannot raise.
+        batch = [a for a in batch if a.done.set_running_or_notify_cancel()]
+        if not batch:
+            return
         try:
             with self._open_tx() as cur:
                 results = [self._insert(cur, a.run_id, a.token, a.events) for a in batch]

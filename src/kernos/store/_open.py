@@ -15,12 +15,14 @@ def open_store(
     *,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     pool_size: int = 8,
+    io_timeout: float | None = None,
 ) -> SqlStore:
     """Open (without migrating) the database at ``url``.
 
     ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` pick SQLite;
     ``postgresql://...`` (or ``postgres://``) picks PostgreSQL. Call ``await store.migrate()``
-    before use; ``kernos.connect`` does both.
+    before use; ``kernos.connect`` does both. ``io_timeout`` (PostgreSQL): seconds one
+    transaction may go unanswered before its connection is cut and ``StoreUnavailable`` raised.
     """
     dialect: Dialect
     if url.startswith("sqlite:///"):
@@ -29,7 +31,7 @@ def open_store(
         # Imported here: psycopg costs a third of a second that SQLite users need not pay.
         from kernos.store._postgres import PostgresDialect
 
-        dialect = PostgresDialect(url, pool_size=pool_size)
+        dialect = PostgresDialect(url, pool_size=pool_size, io_timeout=io_timeout)
     else:
         raise ConfigError(
             f"unsupported database URL {url.split('://')[0]}://...: KERNOS_DATABASE_URL must be "
