@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BACKENDS, PEERS_JSON, Row, pg_available, render
+from _common import BACKENDS, PEERS_JSON, Row, fmt, pg_available, render
 
 
 def _peer_rows() -> tuple[list[Row], list[str]]:
@@ -71,6 +71,7 @@ def _compare(kernos: list[Row], peers: list[Row]) -> list[str]:
             f"  {base} {p.backend:<10} vs {p.system:<9} {p.what:<34} kernos {k.ratio:5.2f}x floor,"
             f" {p.system} {p.ratio:5.2f}x floor -> "
             + (f"kernos ahead ({factor:.1f}x)" if ahead else f"kernos BEHIND ({factor:.2f}x)")
+            + f"; absolute {fmt(k.value, k.unit)} vs {fmt(p.value, p.unit)}"
         )
     return lines
 

@@ -119,11 +119,22 @@ class Yield(BaseException):
         self.event_type = event_type
 
 
+#: error text kept in the journal; a longer message or traceback is cut, keeping both ends
+ERROR_TEXT_MAX = 16 * 1024
+
+
+def _clip(text: str) -> str:
+    if len(text) <= ERROR_TEXT_MAX:
+        return text
+    half = ERROR_TEXT_MAX // 2
+    return f"{text[:half]}\n... [{len(text) - ERROR_TEXT_MAX} characters cut] ...\n{text[-half:]}"
+
+
 def _error_payload(exc: BaseException) -> dict[str, Any]:
     return {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "message": _clip(str(exc)),
+        "traceback": _clip("".join(traceback.format_exception(exc))),
     }
 
 
@@ -279,7 +290,8 @@ class Execution:
         if state == RunState.COMPLETED:
             try:
                 out_text = encode(output, f"the output of run {self.run_id}")
-            except NotSerializable as exc:
+                self.store.check_size(f"the output of run {self.run_id}", out_text)
+            except (NotSerializable, InvalidInput) as exc:
                 return await self._finish(RunState.FAILED, error=exc)
             payload["output"] = json.loads(out_text)
         events = self._flush([self._event(f"run_{state.value}", payload=payload)])
@@ -296,7 +308,7 @@ class Execution:
                 state=RunState.QUEUED,
                 events=self._flush([self._event("run_released", payload={"why": "shutdown"})]),
             )
-        except (LeaseLost, KernosError) as exc:
+        except (LeaseLost, KernosError, Exception) as exc:  # best effort: the lease runs out
             log.warning("run %s: could not release on shutdown: %s", self.run_id, exc)
 
     # -- events -----------------------------------------------------------------------------

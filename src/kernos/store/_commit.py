@@ -3,61 +3,75 @@
 One thread owns one connection. While it commits a batch, new appends queue up; the next batch
 takes all of them. No append waits on a timer, and none is acknowledged before its commit, so
 durability is unchanged: a step counts as done only once its event is committed (issue #4, (b)).
+
+Per append the cost is kept to what the hand-off needs: an asyncio future made by the caller's
+loop, one queue put, and one ``call_soon_threadsafe`` per batch (not per append) to resolve the
+batch's futures on their loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from kernos.store._dialect import Tx
-from kernos.store._records import Event
 
 _MAX_BATCH = 512
 
+Row = tuple[Any, ...]
+
 
 @dataclass(slots=True)
-class _Append:
+class Append:
+    """One run's events, as insert parameters, and the future its caller awaits."""
+
     run_id: str
     token: int
-    events: Sequence[Event]
-    done: Future[bool]
+    rows: Sequence[Row]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[bool]
+
+
+InsertBatch = Callable[[Tx, Sequence[Append]], list[bool]]
 
 
 class GroupCommitter:
     """Commits fenced appends in batches on a dedicated thread.
 
-    ``open_tx`` gives a transaction on the committer's own connection; ``insert`` writes one
-    append inside it and tells whether the fencing token still held (False → the caller raises
-    ``LeaseLost``). A failed transaction fails every append of its batch, with nothing written.
+    ``open_tx`` gives a transaction on the committer's own connection; ``insert`` writes a batch
+    inside it and tells, per append, whether its fencing token still held (False → the caller
+    looks closer). A failed transaction fails every append of its batch, with nothing written.
     """
 
     def __init__(
         self,
         open_tx: Callable[[], AbstractContextManager[Tx]],
-        insert: Callable[[Tx, str, int, Sequence[Event]], bool],
+        insert: InsertBatch,
         translate: Callable[[BaseException], BaseException],
         name: str,
     ) -> None:
         self._open_tx = open_tx
         self._insert = insert
         self._translate = translate
-        self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Append | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._started = False
         self._lock = threading.Lock()
 
-    def submit(self, run_id: str, token: int, events: Sequence[Event]) -> Future[bool]:
-        with self._lock:
-            if not self._started:
-                self._thread.start()
-                self._started = True
-        done: Future[bool] = Future()
-        self._queue.put(_Append(run_id, token, events, done))
+    def submit(self, run_id: str, token: int, rows: Sequence[Row]) -> asyncio.Future[bool]:
+        if not self._started:
+            with self._lock:
+                if not self._started:
+                    self._thread.start()
+                    self._started = True
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        self._queue.put(Append(run_id, token, rows, loop, done))
         return done
 
     def close(self) -> None:
@@ -87,19 +101,29 @@ class GroupCommitter:
             if stop:
                 return
 
-    def _commit(self, batch: list[_Append]) -> None:
-        # An append whose waiter was cancelled (its run's task stopped) is dropped; the rest
-        # can no longer be cancelled, so setting their results below cannot raise.
-        batch = [a for a in batch if a.done.set_running_or_notify_cancel()]
-        if not batch:
-            return
+    def _commit(self, batch: list[Append]) -> None:
+        outcomes: list[bool | BaseException]
         try:
-            with self._open_tx() as cur:
-                results = [self._insert(cur, a.run_id, a.token, a.events) for a in batch]
+            with self._open_tx() as tx:
+                outcomes = list(self._insert(tx, batch))
         except BaseException as exc:  # every append of the batch fails with the same cause
             error = self._translate(exc)
-            for item in batch:
-                item.done.set_exception(error)
-            return
-        for item, ok in zip(batch, results, strict=True):
-            item.done.set_result(ok)
+            outcomes = [error] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Append, bool | BaseException]]] = {}
+        for item, outcome in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(item.loop, []).append((item, outcome))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                continue
+
+
+def _resolve(items: list[tuple[Append, bool | BaseException]]) -> None:
+    for item, outcome in items:
+        if item.done.done():  # its waiter was cancelled (the run's task was stopped)
+            continue
+        if isinstance(outcome, BaseException):
+            item.done.set_exception(outcome)
+        else:
+            item.done.set_result(outcome)

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -55,6 +55,9 @@ class _Cursor:
     def execute(self, sql: str, params: Params = ()) -> int:
         self._cur.execute(_pg(sql), params)
         return self._cur.rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        self._cur.executemany(_pg(sql), rows)
 
     def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return self._cur.execute(_pg(sql), params).fetchall()

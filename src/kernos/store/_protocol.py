@@ -32,7 +32,7 @@ class Heartbeat:
     """What a heartbeat learned: runs whose lease was lost, and pending control requests."""
 
     lost: frozenset[str]
-    control: dict[str, Control]
+    control: dict[str, Control | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,10 @@ class Store(Protocol):
     @property
     def backend(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
+        ...
+
+    def check_size(self, what: str, text: str) -> None:
+        """Raise ``InvalidInput`` when ``text`` is over the payload limit."""
         ...
 
     async def migrate(self) -> SchemaStatus: ...

@@ -35,6 +35,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 state TEXT NOT NULL,
                 waiting_for TEXT,
                 control TEXT,
+                control_reason TEXT,
                 input TEXT NOT NULL,
                 output TEXT,
                 error TEXT,

@@ -15,6 +15,7 @@ Races this code is written against (each has a conformance test):
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from kernos.errors import (
     ScheduleNotFound,
     SchemaMismatch,
 )
-from kernos.store._commit import GroupCommitter
+from kernos.store._commit import Append, GroupCommitter
 from kernos.store._dialect import Dialect, Row, Tx, iter_chunks, placeholders
 from kernos.store._ids import new_run_id
 from kernos.store._protocol import Heartbeat, Timer
@@ -121,6 +122,16 @@ def _event_params(run_id: str, ev: Event, now: float) -> tuple[Any, ...]:
     )
 
 
+def _with_reason(events: Sequence[Event], type_: str, reason: str | None) -> list[Event]:
+    """Put a person's stated reason into the event that carries out their request."""
+    if not reason:
+        return list(events)
+    return [
+        replace(e, payload={**e.payload, "reason": reason}) if e.type == type_ else e
+        for e in events
+    ]
+
+
 class SqlStore:
     """A kernos database on SQLite or PostgreSQL. Create with ``open_store``."""
 
@@ -131,7 +142,7 @@ class SqlStore:
         self._max_payload = max_payload
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kernos-store")
         self._committer = GroupCommitter(
-            dialect.committer_tx, self._insert_fenced, dialect.translate, "kernos-commit"
+            dialect.committer_tx, self._insert_batch, dialect.translate, "kernos-commit"
         )
         self._closed = False
 
@@ -153,7 +164,8 @@ class SqlStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, *args)
 
-    def _check_size(self, what: str, text: str) -> None:
+    def check_size(self, what: str, text: str) -> None:
+        """Raise ``InvalidInput`` if ``text`` is over the payload limit (nothing is written)."""
         if len(text) > self._max_payload:
             raise InvalidInput(
                 f"{what} is {len(text)} bytes, over the limit of {self._max_payload} bytes; "
@@ -305,7 +317,7 @@ class SqlStore:
         )
 
     def _create_run(self, new: NewRun) -> Run:
-        self._check_size(f"the input of run {new.id}", new.input)
+        self.check_size(f"the input of run {new.id}", new.input)
         with self._d.write() as tx:
             if tx.fetchone("SELECT 1 FROM kernos_runs WHERE id = ?", (new.id,)) is not None:
                 raise InvalidInput(f"a run with id {new.id} exists already; ids must be unique")
@@ -469,7 +481,7 @@ class SqlStore:
                 held.update({r[0]: (int(r[1]), r[2]) for r in rows})
         lost = frozenset(rid for rid, token in leases.items() if held.get(rid, (-1,))[0] != token)
         control = {
-            rid: Control(c) for rid, (_, c) in held.items() if c is not None and rid not in lost
+            rid: Control(c) if c else None for rid, (_, c) in held.items() if rid not in lost
         }
         return Heartbeat(lost=lost, control=control)
 
@@ -480,22 +492,36 @@ class SqlStore:
 
     # -- appending (the hot path) ---------------------------------------------------------
 
-    def _insert_fenced(self, tx: Tx, run_id: str, token: int, events: Sequence[Event]) -> bool:
-        """Insert events only while ``token`` is the run's current fencing token."""
-        now = time.time()
-        if len(events) == 1:
+    def _insert_batch(self, tx: Tx, batch: Sequence[Append]) -> list[bool]:
+        """Insert each append's rows only while its token is the run's fencing token.
+
+        One append of one event (a lone run's step) is one conditional INSERT. A larger batch
+        checks every run's token in one locking SELECT, then inserts all rows that passed in
+        one ``executemany``: a few statements per batch, not per append.
+        """
+        if len(batch) == 1 and len(batch[0].rows) == 1:
+            only = batch[0]
             inserted = tx.execute(
                 f"INSERT INTO kernos_journal ({_EVENT_COLUMNS}) "
                 "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
                 f"({_FENCE_QUIET}{self._d.lock_fence})",
-                (*_event_params(run_id, events[0], now), run_id, token),
+                (*only.rows[0], only.run_id, only.token),
             )
-            return inserted == 1
-        if tx.fetchone(_FENCE_QUIET + self._d.lock_fence, (run_id, token)) is None:
-            return False
-        for ev in events:
-            tx.execute(_INSERT_EVENT, _event_params(run_id, ev, now))
-        return True
+            return [inserted == 1]
+        ids = sorted({a.run_id for a in batch})
+        held: dict[str, int] = {}
+        for chunk in iter_chunks(ids, 500):
+            rows = tx.fetchall(
+                f"SELECT id, lease_token FROM kernos_runs WHERE id IN ({placeholders(len(chunk))})"
+                f" AND state = 'running' AND control IS NULL{self._d.lock_fence}",
+                tuple(chunk),
+            )
+            held.update({r[0]: int(r[1]) for r in rows})
+        results = [held.get(a.run_id) == a.token for a in batch]
+        rows_to_insert = [row for a, ok in zip(batch, results, strict=True) if ok for row in a.rows]
+        if rows_to_insert:
+            tx.executemany(_INSERT_EVENT, rows_to_insert)
+        return results
 
     async def append(self, run_id: str, token: int, events: Sequence[Event]) -> Control | None:
         """Commit events to the run's journal, or raise ``LeaseLost`` and write nothing.
@@ -503,9 +529,12 @@ class SqlStore:
         Returns the pending control request (pause, cancel) if a person made one, so that the
         owner acts on it at the next step boundary; the events are committed either way.
         """
-        self._check_events(events)
-        ok = await asyncio.wrap_future(self._committer.submit(run_id, token, events))
-        if ok:
+        now = time.time()
+        rows = [_event_params(run_id, ev, now) for ev in events]  # payloads encoded once
+        for ev, row in zip(events, rows, strict=True):
+            if len(row[6]) > self._max_payload:
+                self._check_events([ev])
+        if await self._committer.submit(run_id, token, rows):
             return None
         return await self._call(self._append_with_control, run_id, token, list(events))
 
@@ -559,15 +588,23 @@ class SqlStore:
     ) -> None:
         now = time.time()
         with self._d.write() as tx:
+            reason_row = tx.fetchone(
+                "SELECT control_reason FROM kernos_runs WHERE id = ?", (run_id,)
+            )
             row = tx.fetchone(
                 "UPDATE kernos_runs SET state = ?, output = ?, error = ?, waiting_for = NULL, "
-                "control = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? "
+                "control = NULL, control_reason = NULL, lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = ? "
                 "WHERE id = ? AND lease_token = ? AND state = 'running' RETURNING parent_id",
                 (state.value, output, error, now, run_id, token),
             )
             if row is None:
                 raise LeaseLost(run_id)
+            if state == RunState.CANCELLED and reason_row is not None:
+                events = _with_reason(events, "run_cancelled", reason_row[0])
             self._insert_events(tx, run_id, events)
+            if state != RunState.COMPLETED:
+                self._cancel_children(tx, run_id, f"parent run {run_id} ended {state.value}")
             tx.execute("DELETE FROM kernos_timers WHERE run_id = ?", (run_id,))
             if row[0] is not None:
                 self._wake_parent(tx, run_id, row[0])
@@ -583,7 +620,7 @@ class SqlStore:
         error: str | None = None,
     ) -> None:
         if output is not None:
-            self._check_size(f"the output of run {run_id}", output)
+            self.check_size(f"the output of run {run_id}", output)
         self._check_events(events)
         await self._call(self._finish, run_id, token, state, list(events), output, error)
 
@@ -600,7 +637,7 @@ class SqlStore:
         now = time.time()
         with self._d.write() as tx:
             row = tx.fetchone(
-                f"SELECT lease_token, state, control FROM kernos_runs WHERE id = ?"
+                f"SELECT lease_token, state, control, control_reason FROM kernos_runs WHERE id = ?"
                 f"{self._d.lock_rows}",
                 (run_id,),
             )
@@ -613,10 +650,13 @@ class SqlStore:
             paused = row[2] == Control.PAUSE
             tx.execute(
                 "UPDATE kernos_runs SET state = ?, waiting_for = ?, control = NULL, "
-                "lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+                "control_reason = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
                 ("paused" if paused else "waiting", waiting_for, now, run_id),
             )
             self._insert_events(tx, run_id, events)
+            if paused:
+                # The owner's last act: no append can race this one.
+                self._control_event(tx, run_id, "run_paused", row[3])
             tx.execute("DELETE FROM kernos_timers WHERE run_id = ?", (run_id,))
             if timer is not None:
                 tx.execute(
@@ -670,18 +710,32 @@ class SqlStore:
 
     def _release(self, run_id: str, token: int, state: RunState, events: Sequence[Event]) -> None:
         now = time.time()
-        clear_control = ", control = NULL" if state == RunState.PAUSED else ""
         with self._d.write() as tx:
-            if (
-                tx.execute(
-                    f"UPDATE kernos_runs SET state = ?, lease_owner = NULL, lease_expires_at = NULL, "
-                    f"run_at = ?, updated_at = ?{clear_control} "
-                    "WHERE id = ? AND lease_token = ? AND state = 'running'",
-                    (state.value, now, now, run_id, token),
-                )
-                != 1
-            ):
+            row = tx.fetchone(
+                "SELECT lease_token, state, control, control_reason FROM kernos_runs "
+                f"WHERE id = ?{self._d.lock_rows}",
+                (run_id,),
+            )
+            if row is None or row[0] != token or row[1] != "running":
                 raise LeaseLost(run_id)
+            if state == RunState.PAUSED and row[2] != Control.PAUSE:
+                # Resumed before the worker acted on the pause: hand the run back instead.
+                state = RunState.QUEUED
+                events = [
+                    replace(e, type="run_released", payload={"why": "pause withdrawn"})
+                    if e.type == "run_paused"
+                    else e
+                    for e in events
+                ]
+            if state == RunState.PAUSED:
+                events = _with_reason(events, "run_paused", row[3])
+            tx.execute(
+                "UPDATE kernos_runs SET state = ?, lease_owner = NULL, lease_expires_at = NULL, "
+                "run_at = ?, updated_at = ?"
+                + (", control = NULL, control_reason = NULL" if state == RunState.PAUSED else "")
+                + " WHERE id = ?",
+                (state.value, now, now, run_id),
+            )
             self._insert_events(tx, run_id, events)
             if state == RunState.QUEUED:
                 self._d.notify(tx)
@@ -750,24 +804,34 @@ class SqlStore:
         self, run_id: str, token: int, *, events: Sequence[Event], child: NewRun
     ) -> Run:
         """Create a child run and journal that in the parent, atomically."""
-        self._check_size(f"the input of child run {child.id}", child.input)
+        self.check_size(f"the input of child run {child.id}", child.input)
         self._check_events(events)
         return await self._call(self._spawn, run_id, token, list(events), child)
 
     def _fire_timers(self) -> int:
         now = time.time()
         with self._d.read() as tx:
-            due = tx.fetchone("SELECT 1 FROM kernos_timers WHERE fire_at <= ? LIMIT 1", (now,))
-        if due is None:
+            any_due = tx.fetchone("SELECT 1 FROM kernos_timers WHERE fire_at <= ? LIMIT 1", (now,))
+        if any_due is None:
             return 0
         with self._d.write() as tx:
-            woken = tx.execute(
-                "UPDATE kernos_runs SET state = 'queued', waiting_for = NULL, run_at = ?, "
-                "updated_at = ? WHERE state = 'waiting' AND id IN "
-                "(SELECT run_id FROM kernos_timers WHERE fire_at <= ?)",
-                (now, now, now),
+            # Delete first and wake exactly what was deleted: a timer committed in between is
+            # left for the next round instead of being dropped unseen.
+            due = sorted(
+                {
+                    r[0]
+                    for r in tx.fetchall(
+                        "DELETE FROM kernos_timers WHERE fire_at <= ? RETURNING run_id", (now,)
+                    )
+                }
             )
-            tx.execute("DELETE FROM kernos_timers WHERE fire_at <= ?", (now,))
+            woken = 0
+            for chunk in iter_chunks(due, 500):
+                woken += tx.execute(
+                    "UPDATE kernos_runs SET state = 'queued', waiting_for = NULL, run_at = ?, "
+                    f"updated_at = ? WHERE state = 'waiting' AND id IN ({placeholders(len(chunk))})",
+                    (now, now, *chunk),
+                )
             if woken:
                 self._d.notify(tx)
             return woken
@@ -814,7 +878,7 @@ class SqlStore:
         self, run_id: str, topic: str, payload: str, *, sender: str | None = None
     ) -> Message:
         """Put a message in the run's mailbox for ``topic``; wakes the run if it waits on it."""
-        self._check_size(f"the message to run {run_id}", payload)
+        self.check_size(f"the message to run {run_id}", payload)
         return await self._call(self._send_message, run_id, topic, payload, sender)
 
     def _pause(self, run_id: str, reason: str | None) -> Run:
@@ -825,8 +889,9 @@ class SqlStore:
                 raise InvalidState(f"run {run_id} is {run.state.value}; only a live run pauses")
             if run.state == RunState.RUNNING:
                 tx.execute(
-                    "UPDATE kernos_runs SET control = 'pause', updated_at = ? WHERE id = ?",
-                    (now, run_id),
+                    "UPDATE kernos_runs SET control = 'pause', control_reason = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (reason, now, run_id),
                 )
             else:
                 tx.execute(
@@ -846,7 +911,8 @@ class SqlStore:
             run = self._get(tx, run_id, self._d.lock_rows)
             if run.state == RunState.RUNNING and run.control == Control.PAUSE:
                 tx.execute(
-                    "UPDATE kernos_runs SET control = NULL, updated_at = ? WHERE id = ?",
+                    "UPDATE kernos_runs SET control = NULL, control_reason = NULL, updated_at = ? "
+                    "WHERE id = ?",
                     (now, run_id),
                 )
             elif run.state == RunState.PAUSED:
@@ -867,35 +933,51 @@ class SqlStore:
         return await self._call(self._resume, run_id, reason)
 
     def _cancel(self, run_id: str, reason: str | None) -> Run:
-        now = time.time()
         with self._d.write() as tx:
             run = self._get(tx, run_id, self._d.lock_rows)
             if run.state.terminal:
                 raise InvalidState(f"run {run_id} is {run.state.value} already")
-            if run.state == RunState.RUNNING:
-                tx.execute(
-                    "UPDATE kernos_runs SET control = 'cancel', updated_at = ? WHERE id = ?",
-                    (now, run_id),
-                )
-            elif run.claims == 0:
-                tx.execute(
-                    "UPDATE kernos_runs SET state = 'cancelled', control = NULL, "
-                    "waiting_for = NULL, updated_at = ? WHERE id = ?",
-                    (now, run_id),
-                )
-                self._control_event(tx, run_id, "run_cancelled", reason)
-                if run.parent_id is not None:
-                    self._wake_parent(tx, run_id, run.parent_id)
-            else:
-                # The agent started: wake it so it gets Cancelled where it waits, and cleans up.
-                tx.execute(
-                    "UPDATE kernos_runs SET state = 'queued', control = 'cancel', run_at = ?, "
-                    "updated_at = ? WHERE id = ?",
-                    (now, now, run_id),
-                )
-                self._control_event(tx, run_id, "cancel_requested", reason)
-                self._d.notify(tx)
+            self._cancel_in(tx, run, reason)
             return self._get(tx, run_id)
+
+    def _cancel_children(self, tx: Tx, parent_id: str, reason: str) -> None:
+        """A parent that ends failed or cancelled takes its unfinished children with it."""
+        rows = tx.fetchall(
+            f"SELECT {_RUN_COLUMNS} FROM kernos_runs WHERE parent_id = ? "
+            "AND state NOT IN ('completed', 'failed', 'cancelled')",
+            (parent_id,),
+        )
+        for child in map(_run, rows):
+            if child.control != Control.CANCEL:
+                self._cancel_in(tx, child, reason)
+
+    def _cancel_in(self, tx: Tx, run: Run, reason: str | None) -> None:
+        now = time.time()
+        run_id = run.id
+        if run.state == RunState.RUNNING:
+            tx.execute(
+                "UPDATE kernos_runs SET control = 'cancel', control_reason = ?, "
+                "updated_at = ? WHERE id = ?",
+                (reason, now, run_id),
+            )
+        elif run.claims == 0:
+            tx.execute(
+                "UPDATE kernos_runs SET state = 'cancelled', control = NULL, "
+                "waiting_for = NULL, updated_at = ? WHERE id = ?",
+                (now, run_id),
+            )
+            self._control_event(tx, run_id, "run_cancelled", reason)
+            if run.parent_id is not None:
+                self._wake_parent(tx, run_id, run.parent_id)
+        else:
+            # The agent started: wake it so it gets Cancelled where it waits, and cleans up.
+            tx.execute(
+                "UPDATE kernos_runs SET state = 'queued', control = 'cancel', "
+                "control_reason = ?, run_at = ?, updated_at = ? WHERE id = ?",
+                (reason, now, now, run_id),
+            )
+            self._control_event(tx, run_id, "cancel_requested", reason)
+            self._d.notify(tx)
 
     async def cancel(self, run_id: str, *, reason: str | None = None) -> Run:
         return await self._call(self._cancel, run_id, reason)
@@ -903,7 +985,7 @@ class SqlStore:
     # -- schedules ------------------------------------------------------------------------
 
     def _add_schedule(self, s: Schedule) -> Schedule:
-        self._check_size(f"the input of schedule {s.name}", s.input)
+        self.check_size(f"the input of schedule {s.name}", s.input)
         with self._d.write() as tx:
             if tx.fetchone("SELECT 1 FROM kernos_schedules WHERE name = ?", (s.name,)):
                 raise InvalidInput(

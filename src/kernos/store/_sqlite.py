@@ -11,7 +11,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
@@ -39,6 +39,9 @@ class _Cursor:
     def execute(self, sql: str, params: Params = ()) -> int:
         self._cur.execute(sql, params)
         return self._cur.rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        self._cur.executemany(sql, rows)
 
     def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return self._cur.execute(sql, params).fetchall()
