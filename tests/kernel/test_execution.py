@@ -508,3 +508,97 @@ async def test_cancelled_agent_may_wait_while_cleaning_up(
     assert done.state == RunState.CANCELLED and output_of(done) is None
     types = await types_of(client, run.id)
     assert types.count("cancel_delivered") == 1 and "timer_fired" in types
+
+
+async def test_resume_withdraws_a_pause_the_worker_already_saw(
+    client: Client, registry: Registry, worker: WorkerFactory
+) -> None:
+    gate: dict[str, Any] = {}
+
+    async def hold() -> None:
+        import asyncio
+
+        gate["entered"] = True
+        while not gate.get("go"):
+            await asyncio.sleep(0.02)
+
+    @kernos.agent("held", registry=registry)
+    async def held(ctx: kernos.RunContext, _: None) -> str:
+        await ctx.step("hold", hold)
+        await ctx.step("after", lambda: 1)
+        return "done"
+
+    async with worker(kernos.WorkerConfig(lease_ttl=0.3, poll_interval=0.05)):
+        run = await client.start("held")
+        await until(lambda: gate.get("entered"))
+        await client.pause(run.id, reason="wait")
+        import asyncio
+
+        await asyncio.sleep(0.3)  # let heartbeats carry the pause to the worker
+        await client.resume(run.id)
+        gate["go"] = True
+        done = await client.wait(run.id, timeout=15)
+    assert done.state == RunState.COMPLETED
+    assert "run_paused" not in await types_of(client, run.id)
+
+
+async def test_reasons_reach_the_journal_for_running_runs(
+    client: Client, registry: Registry, worker: WorkerFactory
+) -> None:
+    @kernos.agent("steady", registry=registry)
+    async def steady(ctx: kernos.RunContext, n: int) -> int:
+        for i in range(n):
+            await ctx.step(f"s{i}", _slow)
+        return n
+
+    async with worker():
+        run = await client.start("steady", 400)
+        await until(lambda: _steps_done(client, run.id, 1))
+        await client.pause(run.id, reason="checking the refund amount")
+        await until(lambda: _state(client, run.id, RunState.PAUSED))
+        await client.cancel(run.id, reason="customer withdrew")
+        done = await client.wait(run.id, timeout=15)
+    events = await client.journal(run.id)
+    paused = [e for e in events if e.type == "run_paused"]
+    assert paused and paused[0].payload["reason"] == "checking the refund amount"
+    assert done.state == RunState.CANCELLED
+    assert events[-1].type == "run_cancelled"
+    assert events[-1].payload["reason"] == "customer withdrew"
+
+
+async def test_children_are_cancelled_with_their_parent(
+    client: Client, registry: Registry, worker: WorkerFactory
+) -> None:
+    @kernos.agent("napper", registry=registry)
+    async def napper(ctx: kernos.RunContext, _: None) -> None:
+        await ctx.sleep(3600)
+
+    @kernos.agent("orphaner", registry=registry)
+    async def orphaner(ctx: kernos.RunContext, _: None) -> Any:
+        child = await ctx.spawn("napper")
+        return await child.result()
+
+    async with worker():
+        run = await client.start("orphaner")
+        await until(lambda: _waiting(client, run.id))
+        child_id = next(
+            e.payload["child_id"] for e in await client.journal(run.id) if e.type == "child_spawned"
+        )
+        await until(lambda: _waiting(client, child_id))
+        await client.cancel(run.id)
+        await client.wait(run.id, timeout=15)
+        child = await client.wait(child_id, timeout=15)
+    assert child.state == RunState.CANCELLED
+
+
+async def test_oversized_output_fails_the_run_instead_of_looping(
+    client: Client, registry: Registry, worker: WorkerFactory
+) -> None:
+    @kernos.agent("huge", registry=registry)
+    async def huge(ctx: kernos.RunContext, _: None) -> str:
+        return "x" * (2 * 1024 * 1024)
+
+    async with worker():
+        done = await client.wait((await client.start("huge")).id, timeout=15)
+    assert done.state == RunState.FAILED
+    assert "over the limit" in error_of(done)["message"]
