@@ -513,14 +513,13 @@ async def test_cancelled_agent_may_wait_while_cleaning_up(
 async def test_resume_withdraws_a_pause_the_worker_already_saw(
     client: Client, registry: Registry, worker: WorkerFactory
 ) -> None:
-    gate: dict[str, Any] = {}
+    import asyncio
+
+    entered, go = asyncio.Event(), asyncio.Event()
 
     async def hold() -> None:
-        import asyncio
-
-        gate["entered"] = True
-        while not gate.get("go"):
-            await asyncio.sleep(0.02)
+        entered.set()
+        await go.wait()
 
     @kernos.agent("held", registry=registry)
     async def held(ctx: kernos.RunContext, _: None) -> str:
@@ -530,13 +529,11 @@ async def test_resume_withdraws_a_pause_the_worker_already_saw(
 
     async with worker(kernos.WorkerConfig(lease_ttl=0.3, poll_interval=0.05)):
         run = await client.start("held")
-        await until(lambda: gate.get("entered"))
+        await until(entered.is_set)
         await client.pause(run.id, reason="wait")
-        import asyncio
-
         await asyncio.sleep(0.3)  # let heartbeats carry the pause to the worker
         await client.resume(run.id)
-        gate["go"] = True
+        go.set()
         done = await client.wait(run.id, timeout=15)
     assert done.state == RunState.COMPLETED
     assert "run_paused" not in await types_of(client, run.id)
