@@ -599,3 +599,32 @@ async def test_oversized_output_fails_the_run_instead_of_looping(
         done = await client.wait((await client.start("huge")).id, timeout=15)
     assert done.state == RunState.FAILED
     assert "over the limit" in error_of(done)["message"]
+
+
+async def test_steps_run_concurrently_but_a_wait_beside_them_is_refused(
+    client: Client, registry: Registry, worker: WorkerFactory
+) -> None:
+    import asyncio
+
+    calls: list[str] = []
+
+    async def slow(tag: str) -> str:
+        calls.append(tag)
+        await asyncio.sleep(0.05)
+        return tag
+
+    @kernos.agent("parallel", registry=registry)
+    async def parallel(ctx: kernos.RunContext, _: None) -> list[str]:
+        return list(await asyncio.gather(*(ctx.step(f"t{i}", slow, f"t{i}") for i in range(5))))
+
+    @kernos.agent("mixed", registry=registry)
+    async def mixed(ctx: kernos.RunContext, _: None) -> Any:
+        return await asyncio.gather(ctx.step("slow", slow, "s"), ctx.wait_for_message("go"))
+
+    async with worker():
+        ok = await client.wait((await client.start("parallel")).id, timeout=15)
+        bad = await client.wait((await client.start("mixed")).id, timeout=15)
+    assert output_of(ok) == [f"t{i}" for i in range(5)]
+    assert bad.state == RunState.FAILED
+    assert "still run concurrently" in error_of(bad)["message"]
+    assert calls.count("s") == 1

@@ -172,6 +172,7 @@ class Execution:
         self._pos = 0
         self._pending: list[Event] = []
         self._cancel_sent = False
+        self._inflight = 0
 
     # -- the outer loop ---------------------------------------------------------------------
 
@@ -385,6 +386,19 @@ class Execution:
         except InfrastructureError as exc:
             raise StoreDown(exc) from exc
 
+    def _suspension(
+        self, waiting_for: str, events: list[Event], timer: Timer | None, wake: WakeCheck
+    ) -> Suspend:
+        """The run must wait; refused while sibling steps still run (their effects would be
+        cut off mid-flight and repeated on replay)."""
+        if self._inflight:
+            raise UsageError(
+                f"the run must wait for {waiting_for} while {self._inflight} step(s) still run "
+                f"concurrently (asyncio.gather of a step and a wait?); await those steps before "
+                f"waiting, or gather only steps"
+            )
+        return Suspend(waiting_for, events, timer, wake)
+
     # -- ctx primitives ---------------------------------------------------------------------
 
     async def step(
@@ -401,31 +415,35 @@ class Execution:
         assert self.spec is not None
         policy = policy_of(fn, self.spec.retry)
         attempt = len(recorded)
-        while True:
-            attempt += 1
-            started = time.time()
-            token = _current_key.set(f"{self.run_id}:{pos}")
-            try:
-                self.faults.hit("before_effect", name)
-                result = await _call(fn, args, kwargs)
-                self.faults.hit("after_effect", name)
-            except Exception as exc:
-                await self._attempt_failed(name, pos, attempt, started, exc, policy)
-                continue
-            finally:
-                _current_key.reset(token)
-            value, _ = roundtrip(result, f"the result of step {name!r} (step {pos})")
-            await self._write(
-                self._event(
-                    "step_completed",
-                    step=pos,
-                    name=name,
-                    attempt=attempt,
-                    payload={"result": value},
-                    duration=time.time() - started,
+        self._inflight += 1  # until its result is committed (see _suspension)
+        try:
+            while True:
+                attempt += 1
+                started = time.time()
+                token = _current_key.set(f"{self.run_id}:{pos}")
+                try:
+                    self.faults.hit("before_effect", name)
+                    result = await _call(fn, args, kwargs)
+                    self.faults.hit("after_effect", name)
+                except Exception as exc:
+                    await self._attempt_failed(name, pos, attempt, started, exc, policy)
+                    continue
+                finally:
+                    _current_key.reset(token)
+                value, _ = roundtrip(result, f"the result of step {name!r} (step {pos})")
+                await self._write(
+                    self._event(
+                        "step_completed",
+                        step=pos,
+                        name=name,
+                        attempt=attempt,
+                        payload={"result": value},
+                        duration=time.time() - started,
+                    )
                 )
-            )
-            return value
+                return value
+        finally:
+            self._inflight -= 1
 
     async def _attempt_failed(
         self, name: str, pos: int, attempt: int, started: float, exc: Exception, policy: Any
@@ -481,7 +499,7 @@ class Execution:
             )
         remaining = fire_at - time.time()
         if remaining > INLINE_SLEEP_MAX:
-            raise Suspend("timer", new, Timer(pos, fire_at), None)
+            raise self._suspension("timer", new, Timer(pos, fire_at), None)
         if remaining > 0:
             await asyncio.sleep(remaining)
         await self._write(*new, self._event("timer_fired", step=pos, name="sleep"))
@@ -511,7 +529,7 @@ class Execution:
             await self._write(self._event("message_timeout", step=pos, name=topic))
             return default
         timer = Timer(pos, deadline) if deadline is not None else None
-        raise Suspend(f"message:{topic}", [], timer, MessageWait(topic))
+        raise self._suspension(f"message:{topic}", [], timer, MessageWait(topic))
 
     async def _take_message(self, topic: str, pos: int) -> Message | None:
         """Consume a waiting message, committing it with the events not yet written.
@@ -599,7 +617,7 @@ class Execution:
             self._boundary(pos)
             child = await self._store_call(self.store.get_run, child_id)
             if not child.state.terminal:
-                raise Suspend(f"child:{child_id}", [], None, ChildWait(child_id))
+                raise self._suspension(f"child:{child_id}", [], None, ChildWait(child_id))
             output = json.loads(child.output) if child.output else None
             error = json.loads(child.error) if child.error else None
             await self._write(

@@ -15,11 +15,11 @@ Races this code is written against (each has a conformance test):
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from kernos.errors import (
