@@ -189,6 +189,20 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(
     assert kernos.json("db", "status") == before
 
 
+def test_a_mistyped_sqlite_path_is_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "kernos.db"
+    done = Kernos(f"sqlite:///{missing}")("runs", ok=False)
+    assert done.returncode == 2 and "no kernos database at" in done.stderr
+    assert not missing.parent.exists()
+    bad = Kernos(f"sqlite:///{ROOT / 'README.md'}")("runs", ok=False)
+    assert bad.returncode == 2 and "not a usable kernos database" in bad.stderr
+    env = Kernos(f"sqlite:///{missing}")
+    env.env["KERNOS_LEASE_TTL"] = "soon"
+    done = env("runs", ok=False)
+    assert done.returncode == 2 and "KERNOS_LEASE_TTL" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_unreachable_database(tmp_path: Path) -> None:
     k = Kernos("postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=1")
     done = k("runs", ok=False)
@@ -199,8 +213,6 @@ def test_unreachable_database(tmp_path: Path) -> None:
 
 
 def test_schedules_and_db_commands(kernos: Kernos) -> None:
-    status = kernos.json("db", "status")
-    assert isinstance(status, dict)
     kernos("db", "migrate")
     status = kernos.json("db", "status")
     assert isinstance(status, dict) and status["current"] == status["latest"] >= 1

@@ -14,12 +14,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from kernos.errors import InfrastructureError, KernosError, UsageError
+from kernos.errors import ConfigError, InfrastructureError, KernosError, UsageError
 from kernos.kernel import (
     REGISTRY,
     Client,
@@ -29,6 +30,7 @@ from kernos.kernel import (
     WorkerConfig,
     connect,
     load_app,
+    load_settings,
     output_of,
     parse_json,
 )
@@ -60,7 +62,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(schedule_app, name="schedule")
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 T = TypeVar("T")
 
@@ -109,11 +111,28 @@ def command(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     return wrapper
 
 
-async def _client(database: str | None, app_module: str | None = None) -> Client:
+async def _client(
+    database: str | None, app_module: str | None = None, *, create: bool = False
+) -> Client:
+    """Connect for a command. Only commands that create runs may create a SQLite file: a
+    mistyped path must not silently yield an empty, new database."""
     if app_module:
         load_app(app_module)
-    settings = Settings()
-    return await connect(database, settings=settings, registry=REGISTRY)
+    settings = load_settings()
+    url = database or settings.database_url
+    if not create:
+        _require_existing(url)
+    return await connect(url, settings=settings, registry=REGISTRY)
+
+
+def _require_existing(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise ConfigError(
+                f"no kernos database at {path} (from KERNOS_DATABASE_URL or --database); check "
+                f"the path, or create it with `kernos db migrate` or `kernos run`"
+            )
 
 
 def _parse(text: str, what: str) -> Any:
@@ -141,7 +160,7 @@ async def run(
 ) -> None:
     """Start a run of AGENT; prints its id (with --wait, its output)."""
     value = _parse(input, "--input")
-    async with await _client(database, app_module) as client:
+    async with await _client(database, app_module, create=True) as client:
         started = await client.start(agent, value, version=version, priority=priority, delay=delay)
         if not wait:
             out.print(dumps(run_dict(started)) if as_json else started.id)
@@ -329,7 +348,7 @@ def worker(
         stream=sys.stderr,
     )
     try:
-        settings = Settings()
+        settings = load_settings()
         module = app_module or settings.app
         if not module:
             raise UsageError(
@@ -382,7 +401,7 @@ async def schedule_add(
 ) -> None:
     """Start a run of AGENT at every tick of CRON (once per tick, however many workers)."""
     value = _parse(input, "--input")
-    async with await _client(database, app_module) as client:
+    async with await _client(database, app_module, create=True) as client:
         s = await client.add_schedule(name, agent, cron, value, priority=priority)
     out.print(f"schedule {s.name} added: {s.agent} at {s.cron!r}")
 
@@ -412,7 +431,9 @@ async def schedule_remove(name: Annotated[str, typer.Argument()], database: DbOp
 @command
 async def db_status(as_json: JsonOpt = False, database: DbOpt = None) -> None:
     """The schema version of the database against this kernos' migrations."""
-    store = open_store(database or Settings().database_url)
+    url = database or load_settings().database_url
+    _require_existing(url)
+    store = open_store(url)
     try:
         status = await store.schema_status()
         counts = await store.count_runs() if status.current else {}
@@ -443,7 +464,7 @@ async def db_status(as_json: JsonOpt = False, database: DbOpt = None) -> None:
 @command
 async def db_migrate(database: DbOpt = None) -> None:
     """Apply pending migrations (kernos also does this at start)."""
-    store = open_store(database or Settings().database_url)
+    store = open_store(database or load_settings().database_url)
     try:
         before = await store.schema_status()
         after = await store.migrate()

@@ -116,7 +116,8 @@ def _ms(seconds: float | None) -> str:
 
 def runs_table(runs: list[Run]) -> Table:
     table = Table(box=None, header_style="bold")
-    for col in ("RUN", "AGENT", "STATE", "WAITING FOR", "PRIORITY", "CREATED", "UPDATED"):
+    table.add_column("RUN", no_wrap=True, min_width=26)
+    for col in ("AGENT", "STATE", "WAITING FOR", "PRIORITY", "CREATED", "UPDATED"):
         table.add_column(col)
     for r in runs:
         table.add_row(

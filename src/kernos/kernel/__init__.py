@@ -8,7 +8,7 @@ from kernos.kernel._faults import Faults
 from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_app
 from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._retry import RetryPolicy, retry
-from kernos.kernel._settings import Settings
+from kernos.kernel._settings import Settings, load_settings
 from kernos.kernel._worker import Worker, WorkerConfig
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "format_time",
     "idempotency_key",
     "load_app",
+    "load_settings",
     "output_of",
     "parse_json",
     "retry",

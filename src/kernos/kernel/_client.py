@@ -14,7 +14,7 @@ from kernos.errors import AgentNotFound, InvalidInput
 from kernos.kernel._codec import encode
 from kernos.kernel._cron import next_fire, validate_cron
 from kernos.kernel._registry import REGISTRY, Registry
-from kernos.kernel._settings import Settings
+from kernos.kernel._settings import Settings, load_settings
 from kernos.store import (
     Event,
     Message,
@@ -190,7 +190,7 @@ async def connect(
 ) -> Client:
     """Open the database (``url``, else ``KERNOS_DATABASE_URL``, else ``.kernos/kernos.db``),
     apply pending migrations, and return a ``Client``."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     store = open_store(
         url or settings.database_url,
         max_payload=settings.max_payload_bytes,

@@ -44,5 +44,5 @@ def parse_json(text: str, what: str) -> Any:
     except json.JSONDecodeError as exc:
         raise InvalidInput(
             f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            f'pass JSON, e.g. --input \'{{"id": "A-17"}}\' or --input \'"a string"\''
+            f'pass JSON, e.g. \'{{"id": "A-17"}}\' or \'"a string"\' (quoted for the shell)'
         ) from exc

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kernos.errors import ConfigError
 from kernos.store import DEFAULT_MAX_PAYLOAD, DEFAULT_URL
 
 
@@ -26,3 +27,15 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD, ge=1024)
     db_io_timeout: float | None = Field(default=None, gt=0)
     fault: str | None = None
+
+
+def load_settings() -> Settings:
+    """Read the settings, turning a bad variable into a ``ConfigError`` that names it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"KERNOS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"bad kernos setting in the environment: {problems}") from None

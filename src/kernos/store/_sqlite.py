@@ -197,6 +197,11 @@ class SqliteDialect:
                 f"the SQLite database {self.path} is full ({exc}); nothing of the failed write "
                 f"was kept. Free disk space (or raise max_page_count) and retry."
             )
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            return ConfigError(
+                f"{self.path} is not a usable kernos database ({exc}); point "
+                f"KERNOS_DATABASE_URL at a kernos SQLite file, or at a new path to create one"
+            )
         if code in _UNAVAILABLE_CODES:
             return StoreUnavailable(
                 f"the SQLite database {self.path} is not usable right now ({exc}); check the "
