@@ -430,3 +430,23 @@ async def test_append_reports_a_pending_control_request(store: SqlStore) -> None
     assert await store.append(run_id, token, [ev(2)]) == Control.PAUSE
     assert await store.append(run_id, token, [ev(3, step=2), ev(4, step=3)]) == Control.PAUSE
     assert [e.seq for e in await store.load_journal(run_id)] == [1, 2, 3, 4]
+
+
+async def test_postgres_leases_use_the_servers_clock(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guarantee 3 across hosts: a worker whose clock runs 20 s fast must not take a run whose
+    lease (15 s) is still live on the database's clock."""
+    store = open_store(pg_url)
+    await store.migrate()
+    try:
+        run_id, _ = await claim_one(store, "healthy", ttl=15)
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 20)
+        stolen = await store.claim(
+            worker_id="fast-clock", agents=AGENTS, limit=5, lease_ttl=15, agent_limits={}
+        )
+        assert stolen == []
+        assert (await store.get_run(run_id)).lease_owner == "healthy"
+    finally:
+        await store.close()

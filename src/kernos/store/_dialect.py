@@ -51,6 +51,10 @@ class Dialect(Protocol):
         """A write transaction on the group committer's own connection."""
         ...
 
+    def now(self, tx: Tx) -> float:
+        """The time (epoch seconds) on the clock that all workers of this database share."""
+        ...
+
     def lock_migrations(self, tx: Tx) -> None: ...
 
     def lock_agent(self, tx: Tx, agent: str) -> None:

@@ -338,6 +338,12 @@ class PostgresDialect:
                 self._committer = None
             raise self._timed_out(guard) or self.translate(exc) from exc
 
+    def now(self, tx: Tx) -> float:
+        """The server's clock: workers on hosts whose clocks disagree still agree on leases."""
+        row = tx.fetchone("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8")
+        assert row is not None
+        return float(row[0])
+
     def lock_migrations(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':kernos:migrate'))")
 

@@ -396,8 +396,8 @@ class SqlStore:
         if limit <= 0 or not agents:
             return []
         keys = [f"{name}@{version}" for name, version in agents]
-        now = time.time()
         with self._d.write() as tx:
+            now = self._d.now(tx)  # leases live on the database's clock, not each worker's
             allowance: dict[str, int] = {}
             for agent in sorted(agent_limits):
                 self._d.lock_agent(tx, agent)
@@ -468,9 +468,9 @@ class SqlStore:
     def _heartbeat(self, worker_id: str, leases: dict[str, int], lease_ttl: float) -> Heartbeat:
         if not leases:
             return Heartbeat(lost=frozenset(), control={})
-        now = time.time()
         held: dict[str, tuple[int, str | None]] = {}
         with self._d.write() as tx:
+            now = self._d.now(tx)
             for chunk in iter_chunks(sorted(leases), 500):
                 rows = tx.fetchall(
                     "UPDATE kernos_runs SET lease_expires_at = ? WHERE lease_owner = ? "

@@ -170,6 +170,10 @@ class SqliteDialect:
         for conn in conns:
             conn.execute(f"PRAGMA max_page_count={int(value)}")
 
+    def now(self, tx: Tx) -> float:
+        """One machine, one clock: every SQLite worker shares this host's."""
+        return time.time()
+
     def lock_migrations(self, tx: Tx) -> None:
         """``BEGIN IMMEDIATE`` already holds the database's only write lock."""
 
