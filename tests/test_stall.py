@@ -11,18 +11,17 @@ database refused changes nothing), and checks that work continues once the datab
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _procs import Workers, pid_of_worker, read_effects
+from _procs import Workers, pid_of_worker, read_effects, wait_until
 from _proxy import TcpProxy
 
 import kernos
@@ -39,22 +38,6 @@ STALL = 3 * LEASE_TTL  # longer than the lease TTL and than the io timeout
 RUNS = 20
 STEPS = 25  # x 0.1 s per step: a run is still in flight when the stall begins
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) WARNING kernos\.worker: (.*)$")
-
-
-async def wait_until(
-    condition: Callable[[], Any], *, deadline: float, what: str, interval: float = 0.05
-) -> Any:
-    """Poll ``condition`` (sync or async) until truthy and return it; fail after ``deadline`` s."""
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= end:
-            raise AssertionError(f"gave up after {deadline} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def _with_io_timeout(url: str, seconds: float) -> str:
@@ -139,7 +122,7 @@ async def test_postgres_stall_longer_than_the_lease(
             )
             await wait_until(
                 lambda: "kernos worker" in a.output() and "kernos worker" in b.output(),
-                deadline=30,
+                timeout=30,
                 what="both workers to start",
             )
             job = {"n": STEPS, "effects": str(effects)}
@@ -155,7 +138,7 @@ async def test_postgres_stall_longer_than_the_lease(
                             return True
                 return False
 
-            await wait_until(a_is_mid_run, deadline=30, what="worker A to be mid-run")
+            await wait_until(a_is_mid_run, timeout=30, what="worker A to be mid-run")
             stalled_at = time.time()
             proxy_a.stall()
             a_owned = {
@@ -175,18 +158,18 @@ async def test_postgres_stall_longer_than_the_lease(
                         return False
                 return True
 
-            await wait_until(taken_over, deadline=STALL, what="B to take over A's runs")
+            await wait_until(taken_over, timeout=STALL, what="B to take over A's runs")
             takeover_s = time.time() - stalled_at
             # A notices on its own, within its io timeout, while the stall lasts.
             noticed = await wait_until(
                 lambda: _warnings_after(a.output(), stalled_at),
-                deadline=STALL,
+                timeout=STALL,
                 what="worker A to report the stalled database",
             )
             notice_s = noticed[0][0] - stalled_at
             assert a.alive, f"worker A died during the stall:\n{a.output()[-3000:]}"
             await wait_until(
-                lambda: time.time() - stalled_at >= STALL, deadline=STALL, what="the stall"
+                lambda: time.time() - stalled_at >= STALL, timeout=STALL, what="the stall"
             )
             proxy_a.resume()
             resumed_at = time.time()
@@ -195,7 +178,7 @@ async def test_postgres_stall_longer_than_the_lease(
                 states = [(await pg_client.get(i)).state for i in ids]
                 return all(s.terminal for s in states)
 
-            await wait_until(all_done, deadline=60, what=f"all {RUNS} runs to finish")
+            await wait_until(all_done, timeout=60, what=f"all {RUNS} runs to finish")
             all_done_s = time.time() - resumed_at
 
             # A works again: with B gone, new runs are A's to execute.
@@ -381,7 +364,7 @@ async def test_sqlite_full_mid_run_keeps_steps_and_completes(sqlite_url: str) ->
             return sum(1 for ev in journal if ev.type == "step_completed")
 
         await wait_until(
-            lambda: _steps_at_least(steps_done, 3), deadline=10, what="three steps journaled"
+            lambda: _steps_at_least(steps_done, 3), timeout=10, what="three steps journaled"
         )
         _fill(dialect)
         kept = await client.journal(run.id)
@@ -392,7 +375,7 @@ async def test_sqlite_full_mid_run_keeps_steps_and_completes(sqlite_url: str) ->
             # re-claim while the disk stays full: at least once, never recorded)
             return effects[3] >= 1
 
-        await wait_until(write_refused, deadline=10, what="step 4 to run into the full disk")
+        await wait_until(write_refused, timeout=10, what="step 4 to run into the full disk")
         journal = await client.journal(run.id)
         assert journal[: len(kept)] == kept, "a completed step was lost"
         assert not any(ev.type == "run_failed" for ev in journal), journal[-1]
@@ -451,7 +434,7 @@ async def test_postgres_connections_reset_mid_run_do_not_fail_it(pg_url: str) ->
                 journal = await client.journal(run.id)
                 return sum(ev.type == "step_completed" for ev in journal) == 2
 
-            await wait_until(two_steps, deadline=10, what="two steps journaled")
+            await wait_until(two_steps, timeout=10, what="two steps journaled")
             proxy.sever()
             gate.set()
             done = await client.wait(run.id, timeout=3 * LEASE_TTL + 5)

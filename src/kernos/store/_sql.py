@@ -543,15 +543,20 @@ class SqlStore:
     ) -> Control | None:
         """The quiet fence failed: the lease is lost, or a control request is pending."""
         with self._d.write() as tx:
-            row = tx.fetchone(
-                f"SELECT lease_token, state, control FROM kernos_runs WHERE id = ?"
-                f"{self._d.lock_rows}",
-                (run_id,),
-            )
-            if row is None or row[0] != token or row[1] != "running":
-                raise LeaseLost(run_id)
+            control, _ = self._lock_owned(tx, run_id, token)
             self._insert_events(tx, run_id, events)
-            return Control(row[2]) if row[2] else None
+            return control
+
+    def _lock_owned(self, tx: Tx, run_id: str, token: int) -> tuple[Control | None, str | None]:
+        """Lock the run's row if ``token`` still owns it; its pending request and reason."""
+        row = tx.fetchone(
+            "SELECT lease_token, state, control, control_reason FROM kernos_runs "
+            f"WHERE id = ?{self._d.lock_rows}",
+            (run_id,),
+        )
+        if row is None or row[0] != token or row[1] != "running":
+            raise LeaseLost(run_id)
+        return (Control(row[2]) if row[2] else None), row[3]
 
     def _own(self, tx: Tx, run_id: str, token: int) -> None:
         if tx.execute(_OWN, (time.time(), run_id, token)) != 1:
@@ -636,18 +641,12 @@ class SqlStore:
     ) -> SuspendResult:
         now = time.time()
         with self._d.write() as tx:
-            row = tx.fetchone(
-                f"SELECT lease_token, state, control, control_reason FROM kernos_runs WHERE id = ?"
-                f"{self._d.lock_rows}",
-                (run_id,),
-            )
-            if row is None or row[0] != token or row[1] != "running":
-                raise LeaseLost(run_id)
-            if row[2] == Control.CANCEL and not cancel_delivered:
+            control, reason = self._lock_owned(tx, run_id, token)
+            if control == Control.CANCEL and not cancel_delivered:
                 return SuspendResult.CANCEL_PENDING
             if self._wake_pending(tx, run_id, wake_check):
                 return SuspendResult.WAKE_PENDING
-            paused = row[2] == Control.PAUSE
+            paused = control == Control.PAUSE
             tx.execute(
                 "UPDATE kernos_runs SET state = ?, waiting_for = ?, control = NULL, "
                 "control_reason = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
@@ -656,7 +655,7 @@ class SqlStore:
             self._insert_events(tx, run_id, events)
             if paused:
                 # The owner's last act: no append can race this one.
-                self._control_event(tx, run_id, "run_paused", row[3])
+                self._control_event(tx, run_id, "run_paused", reason)
             tx.execute("DELETE FROM kernos_timers WHERE run_id = ?", (run_id,))
             if timer is not None:
                 tx.execute(
@@ -711,14 +710,8 @@ class SqlStore:
     def _release(self, run_id: str, token: int, state: RunState, events: Sequence[Event]) -> None:
         now = time.time()
         with self._d.write() as tx:
-            row = tx.fetchone(
-                "SELECT lease_token, state, control, control_reason FROM kernos_runs "
-                f"WHERE id = ?{self._d.lock_rows}",
-                (run_id,),
-            )
-            if row is None or row[0] != token or row[1] != "running":
-                raise LeaseLost(run_id)
-            if state == RunState.PAUSED and row[2] != Control.PAUSE:
+            control, reason = self._lock_owned(tx, run_id, token)
+            if state == RunState.PAUSED and control != Control.PAUSE:
                 # Resumed before the worker acted on the pause: hand the run back instead.
                 state = RunState.QUEUED
                 events = [
@@ -728,7 +721,7 @@ class SqlStore:
                     for e in events
                 ]
             if state == RunState.PAUSED:
-                events = _with_reason(events, "run_paused", row[3])
+                events = _with_reason(events, "run_paused", reason)
             tx.execute(
                 "UPDATE kernos_runs SET state = ?, lease_owner = NULL, lease_expires_at = NULL, "
                 "run_at = ?, updated_at = ?"
