@@ -4,9 +4,10 @@ One thread owns one connection. While it commits a batch, new appends queue up; 
 takes all of them. No append waits on a timer, and none is acknowledged before its commit, so
 durability is unchanged: a step counts as done only once its event is committed (issue #4, (b)).
 
-Per append the cost is kept to what the hand-off needs: an asyncio future made by the caller's
-loop, one queue put, and one ``call_soon_threadsafe`` per batch (not per append) to resolve the
-batch's futures on their loop.
+Appends made in the same turn of an event loop are handed to the thread together (one queue put
+per turn, scheduled with ``call_soon``): when a commit wakes a hundred runs, their next appends
+are made in one turn and go out in one batch, rather than the thread grabbing the first and
+committing it alone. Results return with one ``call_soon_threadsafe`` per batch and loop.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class GroupCommitter:
         self._open_tx = open_tx
         self._insert = insert
         self._translate = translate
-        self._queue: queue.SimpleQueue[Append | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Append] | None] = queue.SimpleQueue()
+        self._gathering: dict[asyncio.AbstractEventLoop, list[Append]] = {}
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._started = False
         self._lock = threading.Lock()
@@ -71,8 +73,18 @@ class GroupCommitter:
                     self._started = True
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
-        self._queue.put(Append(run_id, token, rows, loop, done))
+        turn = self._gathering.get(loop)
+        if turn is None:
+            turn = self._gathering[loop] = []
+            loop.call_soon(self._hand_off, loop)
+        turn.append(Append(run_id, token, rows, loop, done))
         return done
+
+    def _hand_off(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End of the loop's turn: everything appended in it goes to the thread at once."""
+        turn = self._gathering.pop(loop, None)
+        if turn:
+            self._queue.put(turn)
 
     def close(self) -> None:
         with self._lock:
@@ -86,17 +98,17 @@ class GroupCommitter:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
+            batch = list(first)
             stop = False
             while len(batch) < _MAX_BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if more is None:
                     stop = True
                     break
-                batch.append(item)
+                batch.extend(more)
             self._commit(batch)
             if stop:
                 return
