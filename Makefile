@@ -23,6 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy src
+	$(BIN)/mypy tests examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src

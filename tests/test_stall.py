@@ -27,7 +27,7 @@ from _proxy import TcpProxy
 import kernos
 from kernos.errors import StoreFull
 from kernos.kernel import Client, Registry, Worker, WorkerConfig, connect
-from kernos.store import Event, NewRun, RunState, new_run_id, open_store
+from kernos.store import Event, NewRun, RunState, SqlStore, new_run_id, open_store
 from kernos.store._sqlite import SqliteDialect
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,9 @@ async def test_postgres_stall_longer_than_the_lease(
 
 
 def _sqlite_dialect(client: Client) -> SqliteDialect:
-    dialect = client.store.dialect
+    store = client.store
+    assert isinstance(store, SqlStore)
+    dialect = store.dialect
     assert isinstance(dialect, SqliteDialect)
     return dialect
 
@@ -386,7 +388,7 @@ async def test_sqlite_full_mid_run_keeps_steps_and_completes(sqlite_url: str) ->
         assert done.state == RunState.COMPLETED, done.error
         final = await client.journal(run.id)
         assert final[: len(kept)] == kept
-        completed = [ev.step for ev in final if ev.type == "step_completed"]
+        completed = [ev.step or 0 for ev in final if ev.type == "step_completed"]
         assert completed == sorted(set(completed)) and len(completed) == 6
         assert all(effects[i] == 1 for i in (0, 1, 2)), effects
     finally:
