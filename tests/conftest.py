@@ -7,11 +7,10 @@ server fails those tests (CI).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,6 +19,7 @@ import pytest
 from _kernel_support import WorkerFactory
 
 from kernos.kernel import Client, Registry, Worker, WorkerConfig, connect
+from kernos.testing import FAST, running_worker
 
 PG_URL = os.environ.get("KERNOS_TEST_DATABASE_URL")
 SKIP_PG = "PostgreSQL tests skipped: set KERNOS_TEST_DATABASE_URL=postgresql://... to run them"
@@ -73,22 +73,11 @@ async def client(db_url: str, registry: Registry) -> AsyncIterator[Client]:
         await c.close()
 
 
-FAST = WorkerConfig(concurrency=50, lease_ttl=3.0, poll_interval=0.05, grace=5.0)
-
-
 @pytest.fixture
 def worker(client: Client, registry: Registry) -> WorkerFactory:
     """``async with worker() as w:`` runs an in-process worker on the test's database."""
 
-    @asynccontextmanager
-    async def start(config: WorkerConfig = FAST) -> AsyncIterator[Worker]:
-        w = Worker(client.store, registry, config)
-        task = asyncio.create_task(w.run())
-        await asyncio.wait_for(w.started.wait(), 10)
-        try:
-            yield w
-        finally:
-            w.stop()
-            await asyncio.wait_for(task, 30)
+    def start(config: WorkerConfig = FAST) -> AbstractAsyncContextManager[Worker]:
+        return running_worker(client, registry, config)
 
     return start

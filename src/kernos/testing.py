@@ -1,0 +1,62 @@
+"""What kernos' own tests use, for yours: an in-process worker and a condition poller.
+
+    async with kernos.testing.running_worker(client, registry) as worker:
+        run = await client.start("refund", {"id": "A-17"})
+        await kernos.testing.wait_until(lambda: client.get(run.id), timeout=10)
+
+Tests wait on conditions with a deadline, never on fixed sleeps (STYLE.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from kernos.kernel import Client, Registry, Worker, WorkerConfig
+
+#: short leases and polls, so that tests of recovery and timers finish quickly
+FAST = WorkerConfig(concurrency=50, lease_ttl=3.0, poll_interval=0.05, grace=5.0)
+
+__all__ = ["FAST", "running_worker", "wait_until"]
+
+
+@asynccontextmanager
+async def running_worker(
+    client: Client, registry: Registry, config: WorkerConfig = FAST
+) -> AsyncIterator[Worker]:
+    """Run a worker in this event loop for the block; it drains and stops on exit."""
+    worker = Worker(client.store, registry, config)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.started.wait(), 10)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, config.grace + 30)
+
+
+async def wait_until(
+    condition: Callable[[], Any | Awaitable[Any]],
+    *,
+    timeout: float = 15.0,
+    what: str = "the condition",
+    interval: float = 0.02,
+) -> Any:
+    """Poll ``condition`` (sync or async) until truthy and return its value.
+
+    Raises ``TimeoutError`` naming ``what`` after ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise TimeoutError(f"gave up after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
