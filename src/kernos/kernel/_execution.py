@@ -35,7 +35,6 @@ from kernos.errors import (
     ChildRunFailed,
     InfrastructureError,
     InvalidInput,
-    KernosError,
     LeaseLost,
     NotSerializable,
     StepFailed,
@@ -235,17 +234,21 @@ class Execution:
         except Cancelled as exc:
             await self._finish(RunState.CANCELLED, error=exc)
             return True
-        except (KernosError, Exception) as exc:
-            if self._history.cancel_delivered() or self._cancel_sent:
-                await self._finish(RunState.CANCELLED, error=exc)
-            else:
-                await self._finish(RunState.FAILED, error=exc)
+        except Exception as exc:
+            await self._finish(
+                RunState.CANCELLED if self._cancelled else RunState.FAILED, error=exc
+            )
             return True
-        if self._history.cancel_delivered() or self._cancel_sent:
-            await self._finish(RunState.CANCELLED, output=output)
+        if self._cancelled:
+            await self._finish(RunState.CANCELLED)
         else:
             await self._finish(RunState.COMPLETED, output=output)
         return True
+
+    @property
+    def _cancelled(self) -> bool:
+        """Whether the agent has been given ``Cancelled`` (now, or in an earlier claim)."""
+        return self._cancel_sent or self._history.cancel_delivered()
 
     async def _invoke(self, spec: AgentSpec) -> Any:
         from kernos.kernel._context import RunContext
@@ -271,7 +274,7 @@ class Execution:
             events=self._flush(s.events),
             timer=s.timer,
             wake_check=s.wake,
-            cancel_delivered=self._cancel_sent or self._history.cancel_delivered(),
+            cancel_delivered=self._cancelled,
         )
         if result in (SuspendResult.SUSPENDED, SuspendResult.PAUSED):
             return True
@@ -309,7 +312,7 @@ class Execution:
                 state=RunState.QUEUED,
                 events=self._flush([self._event("run_released", payload={"why": "shutdown"})]),
             )
-        except (LeaseLost, KernosError, Exception) as exc:  # best effort: the lease runs out
+        except (LeaseLost, Exception) as exc:  # best effort: the lease runs out otherwise
             log.warning("run %s: could not release on shutdown: %s", self.run_id, exc)
 
     # -- events -----------------------------------------------------------------------------
@@ -368,9 +371,7 @@ class Execution:
         """Before live work: act on a lost lease, a cancel, a pause or a drain."""
         if self.lost:
             raise LeaseLost(self.run_id)
-        if self.control == Control.CANCEL and not (
-            self._cancel_sent or self._history.cancel_delivered()
-        ):
+        if self.control == Control.CANCEL and not self._cancelled:
             self._cancel_sent = True
             self._buffer(CANCEL_DELIVERED, step=pos)
             raise Cancelled(f"run {self.run_id} was cancelled")
