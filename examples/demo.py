@@ -62,14 +62,16 @@ def show(cmd: list[str]) -> str:
 
 def start_worker(name: str) -> subprocess.Popen[bytes]:
     console.print(f"[bold cyan]$ kernos worker --app examples.pipeline[/]   [dim]({name})[/]")
-    log = (ROOT / ".kernos" / f"demo-{name}.log").open("wb")
-    return subprocess.Popen(
-        [*KERNOS, "worker", "--app", "examples.pipeline", "--log-level", "WARNING"],
-        env=ENV,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with (ROOT / ".kernos" / f"demo-{name.replace(' ', '-')}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [*KERNOS, "worker", "--app", "examples.pipeline", "--log-level", "WARNING"],
+            env=ENV,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    WORKERS.append(proc)
+    return proc
 
 
 async def completed_steps(run_id: str) -> int:
@@ -99,7 +101,20 @@ async def wait_done(run_id: str, timeout: float) -> RunState:
     return run.state
 
 
+WORKERS: list[subprocess.Popen[bytes]] = []
+
+
 async def main() -> None:
+    try:
+        await story()
+    finally:
+        for proc in WORKERS:  # a failed act must not leave workers behind
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def story() -> None:
     (ROOT / ".kernos").mkdir(exist_ok=True)
     EFFECTS.unlink(missing_ok=True)
     order = f"ORD-{new_run_id()[-5:]}"

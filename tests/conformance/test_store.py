@@ -450,3 +450,33 @@ async def test_postgres_leases_use_the_servers_clock(
         assert (await store.get_run(run_id)).lease_owner == "healthy"
     finally:
         await store.close()
+
+
+async def test_upgrading_an_older_schema_keeps_its_runs(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database made by an earlier kernos (schema 1) migrates in place, runs intact."""
+    from kernos.store import _schema, _sql
+
+    monkeypatch.setattr(_sql, "MIGRATIONS", _schema.MIGRATIONS[:1])
+    monkeypatch.setattr(_sql, "LATEST_VERSION", 1)
+    old = open_store(db_url)
+    try:
+        assert (await old.migrate()).current == 1
+        with old.dialect.write() as tx:
+            tx.execute(
+                "INSERT INTO kernos_runs (id, agent, agent_version, state, input, created_at, "
+                "updated_at, run_at) VALUES ('r-old', 'a', '1', 'queued', '1', 0, 0, 0)"
+            )
+    finally:
+        await old.close()
+    monkeypatch.undo()
+    new = open_store(db_url)
+    try:
+        status = await new.migrate()
+        assert status.current == LATEST_VERSION and status.up_to_date
+        assert (await new.pause("r-old", reason="upgrade check")).state == RunState.PAUSED
+        journal = await new.load_journal("r-old")
+        assert journal[-1].payload == {"reason": "upgrade check"}
+    finally:
+        await new.close()

@@ -35,7 +35,6 @@ MIGRATIONS: tuple[Migration, ...] = (
                 state TEXT NOT NULL,
                 waiting_for TEXT,
                 control TEXT,
-                control_reason TEXT,
                 input TEXT NOT NULL,
                 output TEXT,
                 error TEXT,
@@ -93,6 +92,11 @@ MIGRATIONS: tuple[Migration, ...] = (
                 created_at {float} NOT NULL
             )""",
         ),
+    ),
+    Migration(
+        2,
+        "the reason a person gave with a pause or cancel request",
+        ("ALTER TABLE kernos_runs ADD COLUMN control_reason TEXT",),
     ),
 )
 
