@@ -5,14 +5,12 @@ stdout and stderr go to a log file under the test's temporary directory, so a fa
 show what the worker said. Every process started through ``Workers`` is killed and reaped when
 the test ends, whatever happened.
 
-Synchronisation is by condition: ``wait_until`` polls a predicate until a deadline and fails
+Synchronisation is by condition: ``kernos.testing.wait_until`` polls a predicate until a deadline and fails
 with a message naming what was awaited. Nothing here sleeps to let something happen.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import os
 import signal
@@ -20,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,29 +27,6 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
-
-
-async def wait_until(
-    condition: Callable[[], Any | Awaitable[Any]],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.05,
-) -> Any:
-    """Poll ``condition`` (sync or async) until it returns a truthy value; return that value.
-
-    Fails with ``TimeoutError`` naming ``what`` once ``timeout`` seconds have passed.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"gave up after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 class WorkerProcess:

@@ -30,11 +30,11 @@ from _procs import (
     frozen,
     pid_of_worker,
     read_effects,
-    wait_until,
 )
 
 from kernos.kernel import Client, connect, load_app, output_of
 from kernos.store import Event, NewRun, RunState, new_run_id
+from kernos.testing import wait_until
 
 REGISTRY = load_app(str(APPS / "recovery_app.py"))  # the agents the worker processes run
 import recovery_app as app  # noqa: E402 - importable once load_app put tests/apps on sys.path

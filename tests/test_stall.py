@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _procs import Workers, pid_of_worker, read_effects, wait_until
+from _procs import Workers, pid_of_worker, read_effects
 from _proxy import TcpProxy
 
 import kernos
@@ -29,6 +29,7 @@ from kernos.errors import StoreFull
 from kernos.kernel import Client, Registry, Worker, WorkerConfig, connect
 from kernos.store import Event, NewRun, RunState, SqlStore, new_run_id, open_store
 from kernos.store._sqlite import SqliteDialect
+from kernos.testing import wait_until
 
 log = logging.getLogger(__name__)
 
