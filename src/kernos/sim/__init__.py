@@ -1,0 +1,45 @@
+"""The LLM provider simulator: chaos testing for agents, over real HTTP.
+
+One server speaks OpenAI Chat Completions and Anthropic Messages for any number of named
+providers (``/<provider>/v1/chat/completions``, ``/<provider>/v1/messages``), plain and
+streamed, with tool calls and scripted replies, and injects the failures real providers have:
+429 with ``retry-after``, 500, 503, 529, hangs, slow answers, malformed bodies, streams cut
+before their end, dropped connections, outage windows, and a fault rate. Tests and the
+``kernos sim`` command steer it in process or through its ``/_sim/`` control endpoint.
+
+    with kernos.sim.serve(seed=1) as sim:
+        sim.add_fault("openai", Fault(kind="rate_limit", count=1, retry_after=2))
+        sim.script("openai", Reply(tool_calls=(ToolCall(name="lookup", arguments={"id": 7}),)))
+        client = openai.OpenAI(base_url=sim.openai_base_url("openai"), api_key="sim")
+
+The simulator shares no code with the gateway it tests: it depends on nothing in kernos but
+``kernos.errors``.
+"""
+
+from kernos.sim._faults import (
+    FAULT_KINDS,
+    MIXED_DEFAULT,
+    Fault,
+    FaultKind,
+    parse_provider_fault,
+)
+from kernos.sim._script import FinishReason, Reply, ToolCall, Usage
+from kernos.sim._server import SimServer, serve
+from kernos.sim._simulator import ALL_PROVIDERS, LogEntry, Simulator
+
+__all__ = [
+    "ALL_PROVIDERS",
+    "FAULT_KINDS",
+    "MIXED_DEFAULT",
+    "Fault",
+    "FaultKind",
+    "FinishReason",
+    "LogEntry",
+    "Reply",
+    "SimServer",
+    "Simulator",
+    "ToolCall",
+    "Usage",
+    "parse_provider_fault",
+    "serve",
+]
