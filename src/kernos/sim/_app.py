@@ -101,7 +101,9 @@ class SimApp:
             asyncio.ensure_future(_client_gone(receive)),
         }
         try:
-            done, _ = await asyncio.wait(waiters, timeout=seconds)
+            done, _ = await asyncio.wait(
+                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for waiter in waiters:
                 waiter.cancel()
@@ -190,7 +192,9 @@ class SimApp:
         id_header = {wire.request_id_header: request_id}
         completion = compose(outcome.reply, parsed, ids=wire.ids(outcome.seq), kind=kind)
         if kind is None or kind in ("slow", "content_filter"):
-            delay = (fault.delay if fault and fault.delay is not None else _SLOW) if kind else 0.0
+            delay = 0.0
+            if kind == "slow":
+                delay = fault.delay if fault and fault.delay is not None else _SLOW
             if parsed.stream:
                 frames = wire.frames(completion, parsed)
                 stream = _EventStream(self, [*frames.head, *frames.body, *frames.tail], id_header)

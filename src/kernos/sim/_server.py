@@ -140,11 +140,28 @@ def serve(
             sim.add_fault("openai", Fault(kind="rate_limit", count=1, retry_after=1))
             client = openai.OpenAI(base_url=sim.openai_base_url("openai"), api_key="x")
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family)
+    sock = _listen(host, port)
     server = SimServer(simulator or Simulator(seed=seed), sock)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. Made with ``IPPROTO_TCP`` (not 0, as ``socket.create_server``
+    does) because asyncio sets ``TCP_NODELAY`` only on such sockets' connections: without it a
+    response written as headers then body waits for the client's delayed ACK, 40 ms a call."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
