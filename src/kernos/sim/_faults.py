@@ -133,13 +133,21 @@ class Fault(BaseModel):
         for key, value in self.model_dump(exclude_none=True, exclude={"kind"}).items():
             if key == "rate" and value == 1.0:
                 continue
-            if isinstance(value, list | tuple):
-                value = "|".join(map(str, value))
-            parts.append(f"{key}={value}")
+            parts.append(f"{key}={_spec_value(value)}")
         return self.kind + (":" + ",".join(parts) if parts else "")
 
 
 _LIST_FIELDS = frozenset({"models", "mix"})
+
+
+def _spec_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list | tuple):
+        return "|".join(map(_spec_value, value))
+    return str(value)
 
 
 def describe(exc: ValidationError) -> str:
