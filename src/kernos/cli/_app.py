@@ -48,6 +48,7 @@ from ._render import (
     steps_of,
     trace_tree,
 )
+from ._sim import sim_app
 
 app = typer.Typer(
     name="kernos",
@@ -60,6 +61,7 @@ db_app = typer.Typer(help="The database: schema status and migrations.", no_args
 schedule_app = typer.Typer(help="Cron schedules that start runs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(sim_app, name="sim")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
