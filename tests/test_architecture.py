@@ -65,6 +65,24 @@ def test_lower_layers_import_no_cli_libraries() -> None:
             assert name.split(".")[0] not in {"typer", "rich"}, f"{path} imports {name}"
 
 
+def test_the_simulator_shares_no_code_with_what_it_tests() -> None:
+    """kernos.sim stands in for real providers: were it to share code with the gateway, a bug
+    could sit on both sides of the wire and pass every test. It uses only kernos.errors, and
+    only the interfaces (cli, kernos.testing) use it."""
+    for path in (SRC / "sim").rglob("*.py"):
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "kernos":
+                assert parts[1:2] in (["errors"], ["sim"]), (
+                    f"{path.relative_to(SRC)} imports {name}"
+                )
+    for path in SRC.rglob("*.py"):
+        if _package_of(path) in {"sim", "cli"} or path.relative_to(SRC) == Path("testing.py"):
+            continue
+        for name in _imports(path):
+            assert not name.startswith("kernos.sim"), f"{path.relative_to(SRC)} imports {name}"
+
+
 _NONDETERMINISTIC = {
     ("datetime", "now"),
     ("datetime", "utcnow"),
