@@ -4,6 +4,10 @@ The server runs uvicorn on its own thread and event loop, so the same handle wor
 synchronous tests, from asynchronous ones (whose loop it never blocks), and from the
 ``kernos sim`` command. The listening socket is bound before the thread starts: port 0 picks a
 free port that is known as soon as ``serve()`` returns, and a port in use fails in the caller.
+
+uvicorn parses HTTP with httptools when it is installed (kernos depends on it for this): about
+190 µs of server CPU a call against 360 µs with the pure-Python h11 it falls back to, which
+matters when a benchmark runs client and simulator on the same two cores.
 """
 
 from __future__ import annotations
