@@ -34,11 +34,19 @@ from starlette.types import Receive, Scope, Send
 
 from kernos.errors import InvalidInput
 from kernos.sim._anthropic import AnthropicWire
-from kernos.sim._faults import Fault, describe
+from kernos.sim._faults import Fault, one_line
 from kernos.sim._openai import OpenAIWire
 from kernos.sim._script import Reply
 from kernos.sim._simulator import LogEntry, Outcome, Simulator
-from kernos.sim._wire import ErrorKind, ParsedRequest, Wire, WireError, compose
+from kernos.sim._wire import (
+    Completion,
+    ErrorKind,
+    Frames,
+    ParsedRequest,
+    Wire,
+    WireError,
+    compose,
+)
 
 __all__ = ["SimApp"]
 
@@ -190,43 +198,47 @@ class SimApp:
         kind, fault = outcome.kind, outcome.fault
         request_id = _request_id(outcome.seq)
         id_header = {wire.request_id_header: request_id}
-        completion = compose(outcome.reply, parsed, ids=wire.ids(outcome.seq), kind=kind)
+
+        def frames() -> Frames:
+            return wire.frames(completion(), parsed)
+
+        def completion() -> Completion:
+            return compose(outcome.reply, parsed, ids=wire.ids(outcome.seq), kind=kind)
+
         if kind is None or kind in ("slow", "content_filter"):
             delay = 0.0
             if kind == "slow":
                 delay = fault.delay if fault and fault.delay is not None else _SLOW
             if parsed.stream:
-                frames = wire.frames(completion, parsed)
-                stream = _EventStream(self, [*frames.head, *frames.body, *frames.tail], id_header)
-                return 200, stream, delay
-            return 200, _json(200, wire.completion(completion), id_header), delay
+                f = frames()
+                return 200, _EventStream(self, [*f.head, *f.body, *f.tail], id_header), delay
+            return 200, _json(200, wire.completion(completion()), id_header), delay
         assert fault is not None
         after = fault.after
         error = _ERROR_KINDS.get(kind)
         if error is not None:
             if parsed.stream and after is not None:
-                frames = wire.frames(completion, parsed)
-                sent = [*frames.head, *frames.body[:after], wire.stream_error(error, parsed, None)]
+                f = frames()
+                sent = [*f.head, *f.body[:after], wire.stream_error(error, parsed, fault.message)]
                 return 200, _EventStream(self, sent, id_header), 0.0
             status, content = wire.error(error, parsed, fault.message, request_id)
             return status, _json(status, content, {**id_header, **_retry_headers(fault)}), 0.0
         if kind == "malformed":
             if parsed.stream:
-                frames = wire.frames(completion, parsed)
-                sent = [*frames.head, wire.malformed_frame()]
+                sent = [*frames().head, wire.malformed_frame()]
                 return 200, _EventStream(self, sent, id_header), 0.0
             return 200, _json(200, _MALFORMED, id_header), 0.0
         if kind == "truncate":
             if parsed.stream:
-                frames = wire.frames(completion, parsed)
-                cut = len(frames.body) // 2 if after is None else after
-                return 200, _EventStream(self, [*frames.head, *frames.body[:cut]], id_header), 0.0
-            content = wire.completion(completion)
+                f = frames()
+                cut = len(f.body) // 2 if after is None else after
+                return 200, _EventStream(self, [*f.head, *f.body[:cut]], id_header), 0.0
+            content = wire.completion(completion())
             return 200, _json(200, content[: len(content) // 2], id_header), 0.0
         hold = (fault.delay if fault.delay is not None else _HANG) if kind == "hang" else 0.0
         if parsed.stream and after is not None:
-            frames = wire.frames(completion, parsed)
-            sent = [*frames.head, *frames.body[:after]]
+            f = frames()
+            sent = [*f.head, *f.body[:after]]
             return 200, _EventStream(self, sent, id_header, ending="drop", stall=hold), 0.0
         return None, _Drop(), hold
 
@@ -412,6 +424,6 @@ def _control(
         except InvalidInput as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except ValidationError as exc:
-            return JSONResponse({"error": describe(exc)}, status_code=400)
+            return JSONResponse({"error": one_line(exc)}, status_code=400)
 
     return guarded

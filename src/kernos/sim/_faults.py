@@ -28,7 +28,7 @@ __all__ = [
     "FaultKind",
     "Rule",
     "fire",
-    "parse_fault",
+    "one_line",
     "parse_provider_fault",
 ]
 
@@ -125,7 +125,7 @@ class Fault(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise InvalidInput(f"fault {spec!r}: {describe(exc)}") from None
+            raise InvalidInput(f"fault {spec!r}: {one_line(exc)}") from None
 
     def describe(self) -> str:
         """The rule as the spec that ``Fault.parse`` reads back."""
@@ -150,14 +150,9 @@ def _spec_value(value: object) -> str:
     return str(value)
 
 
-def describe(exc: ValidationError) -> str:
+def one_line(exc: ValidationError) -> str:
     """A pydantic validation error on one line: ``field: problem; field: problem``."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-
-
-def parse_fault(spec: str) -> Fault:
-    """``Fault.parse`` as a function."""
-    return Fault.parse(spec)
 
 
 def parse_provider_fault(spec: str) -> tuple[str, Fault]:

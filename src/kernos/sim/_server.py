@@ -90,6 +90,9 @@ class SimServer:
     def clear_script(self, provider: str | None = None) -> None:
         self.simulator.clear_script(provider)
 
+    def scripted(self, provider: str) -> list[Reply]:
+        return self.simulator.scripted(provider)
+
     def log(self, provider: str | None = None, *, since: int = 0) -> list[LogEntry]:
         return self.simulator.log(provider, since=since)
 
