@@ -394,9 +394,9 @@ def test_outage_window(sim: SimServer, oai: openai.OpenAI) -> None:
     assert seen[0] and False in seen and seen[-1]
     for entry in sim.log("oai"):
         elapsed = entry.arrived_monotonic - added
-        if 0.45 < elapsed < 0.75:
+        if 0.5 < elapsed < 0.7:
             assert entry.fault == "outage" and entry.status == 503
-        elif elapsed < 0.35 or elapsed > 0.85:
+        elif elapsed < 0.3 or elapsed > 0.9:
             assert entry.fault is None
 
 
