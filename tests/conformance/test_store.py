@@ -237,9 +237,15 @@ async def test_group_commit_of_many_concurrent_appends(store: SqlStore) -> None:
         for seq in range(1, 26):
             await store.append(run_id, token, [ev(seq, step=seq)])
 
+    before = store.commit_stats()
     await asyncio.gather(*(many(r, t) for r, t in runs))
     for run_id, _ in runs:
         assert [e.seq for e in await store.load_journal(run_id)] == list(range(1, 26))
+    after = store.commit_stats()
+    appends, commits = after.appends - before.appends, after.commits - before.commits
+    assert appends == 500
+    # concurrent runs share transactions: 500 appends in far fewer commits
+    assert commits * 4 <= appends, (commits, appends)
 
 
 async def test_heartbeat_renews_and_reports_control(store: SqlStore) -> None:

@@ -1,5 +1,6 @@
 """The store layer: one schema on SQLite or PostgreSQL, behind the ``Store`` protocol."""
 
+from kernos.store._commit import CommitStats
 from kernos.store._ids import new_run_id
 from kernos.store._open import DEFAULT_URL, open_store
 from kernos.store._protocol import Heartbeat, Store, Timer
@@ -29,6 +30,7 @@ __all__ = [
     "AgentVersion",
     "ChildWait",
     "Claim",
+    "CommitStats",
     "Control",
     "Event",
     "Heartbeat",

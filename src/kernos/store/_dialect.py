@@ -16,6 +16,14 @@ Row = tuple[Any, ...]
 Params = Sequence[Any]
 
 
+class WouldBlock(Exception):
+    """A write could not start without waiting (another process holds the lock).
+
+    Raised by ``inline_tx`` so that a caller on an event loop hands the write to a thread,
+    which may wait, instead of blocking the loop.
+    """
+
+
 class Tx(Protocol):
     """A cursor inside an open transaction."""
 
@@ -40,6 +48,8 @@ class Dialect(Protocol):
     #: appended inside the fencing sub-SELECT of an append (blocks a concurrent re-claim)
     lock_fence: str
     ddl_types: ClassVar[dict[str, str]]
+    #: whether a lone append may commit on the caller's thread (see ``inline_tx``)
+    commits_inline: bool
 
     def write(self) -> AbstractContextManager[Tx]:
         """A transaction that will write: serialised against other writers where needed."""
@@ -49,6 +59,13 @@ class Dialect(Protocol):
 
     def committer_tx(self) -> AbstractContextManager[Tx]:
         """A write transaction on the group committer's own connection."""
+        ...
+
+    def inline_tx(self) -> AbstractContextManager[Tx]:
+        """A write transaction that starts now or raises ``WouldBlock``, never waits to begin.
+
+        Only dialects with ``commits_inline`` implement it.
+        """
         ...
 
     def now(self, tx: Tx) -> float:

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -33,7 +33,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kernos.errors import ConfigError, StoreFull, StoreUnavailable
-from kernos.store._dialect import Params, Row, Tx
+from kernos.store._dialect import Params, Row, Tx, WouldBlock
 
 CHANNEL = "kernos_wake"
 #: the URL query parameter that sets ``io_timeout``; kernos' own, removed before libpq sees it
@@ -179,6 +179,8 @@ class PostgresDialect:
     lock_rows = " FOR UPDATE"
     lock_skip = " FOR UPDATE SKIP LOCKED"
     lock_fence = " FOR KEY SHARE"
+    #: a commit is a network round trip that may stall (io_timeout): never on the event loop
+    commits_inline = False
     ddl_types: ClassVar[dict[str, str]] = {
         "float": "DOUBLE PRECISION",
         "bigint": "BIGINT",
@@ -337,6 +339,9 @@ class PostgresDialect:
                 self._committer.close()
                 self._committer = None
             raise self._timed_out(guard) or self.translate(exc) from exc
+
+    def inline_tx(self) -> AbstractContextManager[Tx]:
+        raise WouldBlock("PostgreSQL commits only on the committer's thread")
 
     def now(self, tx: Tx) -> float:
         """The server's clock: workers on hosts whose clocks disagree still agree on leases."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kernos.store._commit import CommitStats
 from kernos.store._records import (
     AgentVersion,
     Claim,
@@ -87,6 +88,11 @@ class Store(Protocol):
         agent_limits: dict[str, int],
     ) -> list[Claim]: ...
     async def append(self, run_id: str, token: int, events: Sequence[Event]) -> Control | None: ...
+
+    def commit_stats(self) -> CommitStats:
+        """Appends and the commits that carried them, since the store was opened."""
+        ...
+
     async def heartbeat(
         self, *, worker_id: str, leases: dict[str, int], lease_ttl: float
     ) -> Heartbeat: ...

@@ -30,7 +30,7 @@ from kernos.errors import (
     ScheduleNotFound,
     SchemaMismatch,
 )
-from kernos.store._commit import Append, GroupCommitter
+from kernos.store._commit import Append, CommitStats, GroupCommitter
 from kernos.store._dialect import Dialect, Row, Tx, iter_chunks, placeholders
 from kernos.store._ids import new_run_id
 from kernos.store._protocol import Heartbeat, Timer
@@ -59,6 +59,8 @@ _RUN_COLUMNS = (
     "parent_id, schedule, created_at, updated_at, run_at, lease_owner, lease_token, "
     "lease_expires_at, claims"
 )
+#: a run committing without suspending yields to its event loop at least this often (seconds)
+_YIELD_EVERY = 0.005
 _EVENT_COLUMNS = "run_id, seq, type, step, name, attempt, payload, created_at, duration"
 _INSERT_EVENT = f"INSERT INTO kernos_journal ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _FENCE = "SELECT 1 FROM kernos_runs WHERE id = ? AND lease_token = ? AND state = 'running'"
@@ -142,9 +144,14 @@ class SqlStore:
         self._max_payload = max_payload
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kernos-store")
         self._committer = GroupCommitter(
-            dialect.committer_tx, self._insert_batch, dialect.translate, "kernos-commit"
+            dialect.committer_tx,
+            self._insert_batch,
+            dialect.translate,
+            "kernos-commit",
+            inline_tx=dialect.inline_tx if dialect.commits_inline else None,
         )
         self._closed = False
+        self._yielded_at = 0.0
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -163,6 +170,10 @@ class SqlStore:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, *args)
+
+    def commit_stats(self) -> CommitStats:
+        """How appends were committed so far (grouping factor, inline share)."""
+        return self._committer.stats()
 
     def check_size(self, what: str, text: str) -> None:
         """Raise ``InvalidInput`` if ``text`` is over the payload limit (nothing is written)."""
@@ -534,7 +545,15 @@ class SqlStore:
         for ev, row in zip(events, rows, strict=True):
             if len(row[6]) > self._max_payload:
                 self._check_events([ev])
-        if await self._committer.submit(run_id, token, rows):
+        held = self._committer.commit_now(run_id, token, rows)
+        if held is None:
+            held = await self._committer.submit(run_id, token, rows)
+        elif time.monotonic() - self._yielded_at > _YIELD_EVERY:
+            # committed without a suspension point: a run of quick steps must not starve the
+            # loop (heartbeats, other runs, signals)
+            self._yielded_at = time.monotonic()
+            await asyncio.sleep(0)
+        if held:
             return None
         return await self._call(self._append_with_control, run_id, token, list(events))
 
