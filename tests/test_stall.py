@@ -408,9 +408,9 @@ async def test_postgres_connections_reset_mid_run_do_not_fail_it(pg_url: str) ->
     """Guarantees 1 and 2 when every connection to the database is reset between two steps.
 
     A failover, a restarted PgBouncer or a cloud NAT dropping idle flows. The dialect replaces a
-    connection found dead at BEGIN (the pool checks its own; the group committer's is checked
-    by its BEGIN), so the next journal write goes through and the run is not recorded as failed
-    because of the database's hiccup.
+    connection found dead before use (the pool checks its own; the group committer looks for
+    the server's goodbye on its idle socket), so the next journal write goes through and the run
+    is not recorded as failed because of the database's hiccup.
     """
     registry = Registry()
     gate = asyncio.Event()
@@ -439,9 +439,14 @@ async def test_postgres_connections_reset_mid_run_do_not_fail_it(pg_url: str) ->
 
             await wait_until(two_steps, timeout=10, what="two steps journaled")
             proxy.sever()
+            # the reset lands while the connections idle (between two LLM calls, say): past
+            # the committer's bypass window, so its next append checks its connection first
+            await asyncio.sleep(0.7)
             gate.set()
             done = await client.wait(run.id, timeout=3 * LEASE_TTL + 5)
             assert done.state == RunState.COMPLETED, done.error
+            # the same owner carried on: no lease ran out, no replay on another claim
+            assert done.claims == 1, done.claims
         finally:
             worker.stop()
             await asyncio.wait_for(task, 30)

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
+from kernos.store._commit import Committer
+
 Row = tuple[Any, ...]
 Params = Sequence[Any]
 
@@ -19,8 +21,8 @@ Params = Sequence[Any]
 class WouldBlock(Exception):
     """A write could not start without waiting (another process holds the lock).
 
-    Raised by ``inline_tx`` so that a caller on an event loop hands the write to a thread,
-    which may wait, instead of blocking the loop.
+    Raised by SQLite's inline transaction so that a caller on an event loop hands the write to
+    the committer's thread, which may wait, instead of blocking the loop.
     """
 
 
@@ -48,8 +50,6 @@ class Dialect(Protocol):
     #: appended inside the fencing sub-SELECT of an append (blocks a concurrent re-claim)
     lock_fence: str
     ddl_types: ClassVar[dict[str, str]]
-    #: whether a lone append may commit on the caller's thread (see ``inline_tx``)
-    commits_inline: bool
 
     def write(self) -> AbstractContextManager[Tx]:
         """A transaction that will write: serialised against other writers where needed."""
@@ -57,15 +57,8 @@ class Dialect(Protocol):
 
     def read(self) -> AbstractContextManager[Tx]: ...
 
-    def committer_tx(self) -> AbstractContextManager[Tx]:
-        """A write transaction on the group committer's own connection."""
-        ...
-
-    def inline_tx(self) -> AbstractContextManager[Tx]:
-        """A write transaction that starts now or raises ``WouldBlock``, never waits to begin.
-
-        Only dialects with ``commits_inline`` implement it.
-        """
+    def committer(self) -> Committer:
+        """The group committer of appends, made the way that suits this database."""
         ...
 
     def now(self, tx: Tx) -> float:

@@ -15,14 +15,16 @@ set in the URL as ``?kernos_io_timeout=SECONDS``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
+import select
 import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -33,12 +35,17 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kernos.errors import ConfigError, StoreFull, StoreUnavailable
-from kernos.store._dialect import Params, Row, Tx, WouldBlock
+from kernos.store._commit import Committer
+from kernos.store._dialect import Params, Row, Tx
+from kernos.store._fenced import unnest_insert
+from kernos.store._loop_commit import LoopCommitter
 
 CHANNEL = "kernos_wake"
 #: the URL query parameter that sets ``io_timeout``; kernos' own, removed before libpq sees it
 IO_TIMEOUT_PARAM = "kernos_io_timeout"
 DEFAULT_IO_TIMEOUT = 30.0
+#: a committer connection idle longer than this (seconds) is checked before its next statement
+_VALIDATE_AFTER_IDLE = 0.5
 
 
 @lru_cache(maxsize=512)
@@ -174,13 +181,26 @@ def _cut(conn: psycopg.Connection[Any]) -> None:
             pass
 
 
+def _has_input(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection has something to read: the server's goodbye, or EOF."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+    return bool(readable)
+
+
+def _finish(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Close a connection's socket without a round trip (it may be stalled or dead)."""
+    with contextlib.suppress(Exception):
+        conn.pgconn.finish()
+
+
 class PostgresDialect:
     name = "postgresql"
     lock_rows = " FOR UPDATE"
     lock_skip = " FOR UPDATE SKIP LOCKED"
     lock_fence = " FOR KEY SHARE"
-    #: a commit is a network round trip that may stall (io_timeout): never on the event loop
-    commits_inline = False
     ddl_types: ClassVar[dict[str, str]] = {
         "float": "DOUBLE PRECISION",
         "bigint": "BIGINT",
@@ -239,7 +259,9 @@ class PostgresDialect:
         )
         self._pool_opened = False
         self._open_lock = threading.Lock()
-        self._committer: psycopg.Connection[Any] | None = None
+        # the group committer's connection on each event loop (see ``committer``)
+        self._loop_conns: dict[asyncio.AbstractEventLoop, psycopg.AsyncConnection[Any]] = {}
+        self._loop_used: dict[asyncio.AbstractEventLoop, float] = {}
         self._listener: psycopg.Connection[Any] | None = None
         self._listen_lock = threading.Lock()
 
@@ -291,57 +313,77 @@ class PostgresDialect:
 
     read = write
 
-    def _committer_conn(self) -> psycopg.Connection[Any]:
-        if self._committer is None or self._committer.closed or self._committer.broken:
-            self._committer = psycopg.connect(self._conninfo, autocommit=True)
-        return self._committer
+    def committer(self) -> Committer:
+        """An asyncio task per event loop, on a connection of its own (see ``_loop_commit``)."""
+        return LoopCommitter(
+            self._fetch_on_loop,
+            lambda batch: unnest_insert(batch, self.lock_fence),
+            self.translate,
+            self._close_loop_connection,
+        )
 
-    def _begin(self) -> psycopg.Connection[Any]:
-        """BEGIN on the committer's connection, replacing it once if found dead.
+    async def _fetch_on_loop(self, sql: str, params: Params) -> list[Row]:
+        """One autocommitted statement on this loop's committer connection, within io_timeout.
 
-        A connection the server or the network dropped while it sat idle (a restart, a
-        failover, a reset) fails its BEGIN; nothing of the batch was sent on it, so a new
-        connection may take the batch. A BEGIN that timed out is not retried: the server is
-        not answering, and the caller learns it after one io_timeout, not two.
+        A statement that fails on a dead connection has an unknown outcome (the server may
+        have committed it), so the connection is made sure of *before* the statement: replaced
+        if the server said goodbye on its idle socket, and, after an idle spell, checked with
+        one round trip (what a middlebox that dropped the flow answers with a reset). Back-to-back
+        appends skip the check (HikariCP's bypass window). A statement that still fails or
+        times out loses its connection, and the caller learns ``StoreUnavailable``.
         """
-        conn = self._committer_conn()
-        guard = _Guard()
+        loop = asyncio.get_running_loop()
+        conn = self._loop_conns.get(loop)
         try:
-            with self._watchdog.guard(conn) as guard:
-                conn.execute("BEGIN")
-            return conn
-        except psycopg.OperationalError as exc:
-            if guard.fired or not conn.broken:
-                raise self._timed_out(guard) or exc from exc
-            conn.close()
-            self._committer = None
-        conn = self._committer_conn()
-        with self._watchdog.guard(conn) as guard:
-            conn.execute("BEGIN")
+            async with asyncio.timeout(self.io_timeout):
+                conn = await self._usable_loop_connection(loop, conn)
+                cur = await conn.execute(_pg(sql), params)
+                rows = await cur.fetchall()
+                self._loop_used[loop] = time.monotonic()
+                return rows
+        except TimeoutError as exc:
+            self._drop_loop_connection(loop)
+            raise StoreUnavailable(
+                f"the PostgreSQL server at {self.display_url} did not answer within "
+                f"{self.io_timeout:g}s (kernos_io_timeout); the connection was closed and the "
+                f"append's outcome is unknown to this process: retry once the server answers"
+            ) from exc
+        except psycopg.Error as exc:
+            if conn is not None and (conn.broken or conn.closed):
+                self._drop_loop_connection(loop)
+            raise self.translate(exc) from exc
+
+    async def _usable_loop_connection(
+        self, loop: asyncio.AbstractEventLoop, conn: psycopg.AsyncConnection[Any] | None
+    ) -> psycopg.AsyncConnection[Any]:
+        if conn is not None and not (conn.closed or conn.broken or _has_input(conn)):
+            if time.monotonic() - self._loop_used.get(loop, 0.0) < _VALIDATE_AFTER_IDLE:
+                return conn
+            try:
+                await conn.execute("SELECT 1")
+                return conn
+            except psycopg.OperationalError:
+                pass  # dead: nothing of the statement was sent on it
+        if conn is not None:
+            _finish(conn)
+        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        self._loop_conns[loop] = conn
         return conn
 
-    @contextmanager
-    def committer_tx(self) -> Iterator[Tx]:
-        guard = _Guard()
-        try:
-            conn = self._begin()
-            with self._watchdog.guard(conn) as guard:
-                try:
-                    with conn.cursor() as cur:
-                        yield _Cursor(cur)
-                except BaseException:
-                    if not conn.broken:
-                        conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-        except psycopg.Error as exc:
-            if self._committer is not None and self._committer.broken:
-                self._committer.close()
-                self._committer = None
-            raise self._timed_out(guard) or self.translate(exc) from exc
+    def _drop_loop_connection(self, loop: asyncio.AbstractEventLoop) -> None:
+        conn = self._loop_conns.pop(loop, None)
+        self._loop_used.pop(loop, None)
+        if conn is not None:
+            _finish(conn)
 
-    def inline_tx(self) -> AbstractContextManager[Tx]:
-        raise WouldBlock("PostgreSQL commits only on the committer's thread")
+    async def _close_loop_connection(self) -> None:
+        conn = self._loop_conns.pop(asyncio.get_running_loop(), None)
+        self._loop_used.pop(asyncio.get_running_loop(), None)
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                async with asyncio.timeout(min(self.io_timeout, 5.0)):
+                    await conn.close()
+            _finish(conn)
 
     def now(self, tx: Tx) -> float:
         """The server's clock: workers on hosts whose clocks disagree still agree on leases."""
@@ -411,8 +453,8 @@ class PostgresDialect:
         self._watchdog.close()
         if self._pool_opened:
             self._pool.close()
-        if self._committer is not None:
-            self._committer.close()
-        self._committer = None
+        for conn in self._loop_conns.values():
+            _finish(conn)
+        self._loop_conns.clear()
         with self._listen_lock:
             self._close_listener()

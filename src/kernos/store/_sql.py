@@ -30,8 +30,9 @@ from kernos.errors import (
     ScheduleNotFound,
     SchemaMismatch,
 )
-from kernos.store._commit import Append, CommitStats, GroupCommitter
+from kernos.store._commit import CommitStats
 from kernos.store._dialect import Dialect, Row, Tx, iter_chunks, placeholders
+from kernos.store._fenced import EVENT_COLUMNS
 from kernos.store._ids import new_run_id
 from kernos.store._protocol import Heartbeat, Timer
 from kernos.store._records import (
@@ -61,12 +62,7 @@ _RUN_COLUMNS = (
 )
 #: a run committing without suspending yields to its event loop at least this often (seconds)
 _YIELD_EVERY = 0.005
-_EVENT_COLUMNS = "run_id, seq, type, step, name, attempt, payload, created_at, duration"
-_INSERT_EVENT = f"INSERT INTO kernos_journal ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_FENCE = "SELECT 1 FROM kernos_runs WHERE id = ? AND lease_token = ? AND state = 'running'"
-# The hot path's fence also fails while a person's request (pause, cancel) is pending, so that the
-# owner learns of it at its very next append without reading anything more (see ``append``).
-_FENCE_QUIET = _FENCE + " AND control IS NULL"
+_INSERT_EVENT = f"INSERT INTO kernos_journal ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _OWN = (
     "UPDATE kernos_runs SET updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'running'"
 )
@@ -143,13 +139,7 @@ class SqlStore:
         self._d = dialect
         self._max_payload = max_payload
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kernos-store")
-        self._committer = GroupCommitter(
-            dialect.committer_tx,
-            self._insert_batch,
-            dialect.translate,
-            "kernos-commit",
-            inline_tx=dialect.inline_tx if dialect.commits_inline else None,
-        )
+        self._committer = dialect.committer()
         self._closed = False
         self._yielded_at = 0.0
 
@@ -197,7 +187,7 @@ class SqlStore:
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self._committer.close)
+        await self._committer.aclose()
         self._pool.shutdown(wait=True)
         self._d.close()
 
@@ -502,37 +492,6 @@ class SqlStore:
         return await self._call(self._heartbeat, worker_id, dict(leases), lease_ttl)
 
     # -- appending (the hot path) ---------------------------------------------------------
-
-    def _insert_batch(self, tx: Tx, batch: Sequence[Append]) -> list[bool]:
-        """Insert each append's rows only while its token is the run's fencing token.
-
-        One append of one event (a lone run's step) is one conditional INSERT. A larger batch
-        checks every run's token in one locking SELECT, then inserts all rows that passed in
-        one ``executemany``: a few statements per batch, not per append.
-        """
-        if len(batch) == 1 and len(batch[0].rows) == 1:
-            only = batch[0]
-            inserted = tx.execute(
-                f"INSERT INTO kernos_journal ({_EVENT_COLUMNS}) "
-                "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
-                f"({_FENCE_QUIET}{self._d.lock_fence})",
-                (*only.rows[0], only.run_id, only.token),
-            )
-            return [inserted == 1]
-        ids = sorted({a.run_id for a in batch})
-        held: dict[str, int] = {}
-        for chunk in iter_chunks(ids, 500):
-            rows = tx.fetchall(
-                f"SELECT id, lease_token FROM kernos_runs WHERE id IN ({placeholders(len(chunk))})"
-                f" AND state = 'running' AND control IS NULL{self._d.lock_fence}",
-                tuple(chunk),
-            )
-            held.update({r[0]: int(r[1]) for r in rows})
-        results = [held.get(a.run_id) == a.token for a in batch]
-        rows_to_insert = [row for a, ok in zip(batch, results, strict=True) if ok for row in a.rows]
-        if rows_to_insert:
-            tx.executemany(_INSERT_EVENT, rows_to_insert)
-        return results
 
     async def append(self, run_id: str, token: int, events: Sequence[Event]) -> Control | None:
         """Commit events to the run's journal, or raise ``LeaseLost`` and write nothing.

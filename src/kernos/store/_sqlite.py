@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from kernos.errors import ConfigError, StoreFull, StoreUnavailable
+from kernos.store._commit import Committer
 from kernos.store._dialect import Params, Row, Tx, WouldBlock
+from kernos.store._fenced import insert_batch
+from kernos.store._thread_commit import ThreadCommitter
 
 _BUSY_TIMEOUT_MS = 30_000
 _FULL_CODES = {sqlite3.SQLITE_FULL}
@@ -56,7 +59,6 @@ class SqliteDialect:
     lock_rows = ""
     lock_skip = ""
     lock_fence = ""
-    commits_inline = True
     ddl_types: ClassVar[dict[str, str]] = {
         "float": "REAL",
         "bigint": "INTEGER",
@@ -161,15 +163,25 @@ class SqliteDialect:
         finally:
             self._pool.put(conn)
 
+    def committer(self) -> Committer:
+        """A thread, and inline commits for a lone run (a local file: a commit is an fsync)."""
+        return ThreadCommitter(
+            self._committer_tx,
+            lambda tx, batch: insert_batch(tx, batch, self.lock_fence),
+            self.translate,
+            "kernos-commit",
+            inline_tx=self._inline_tx,
+        )
+
     @contextmanager
-    def committer_tx(self) -> Iterator[Tx]:
+    def _committer_tx(self) -> Iterator[Tx]:
         if self._committer is None:
             self._committer = self._connect()
         with self._write_lock, self._transaction(self._committer, "BEGIN IMMEDIATE") as tx:
             yield tx
 
     @contextmanager
-    def inline_tx(self) -> Iterator[Tx]:
+    def _inline_tx(self) -> Iterator[Tx]:
         """On a connection that never waits for the write lock: a lone append commits on the
         event loop's thread (no hand-off to the committer thread and back, which costs as much
         as the commit itself), unless another process is writing."""
