@@ -14,7 +14,9 @@ Every error says what happened, why, and what to do. The tree splits by who has 
     ├── RunError                the run failed: its journal says why
     │   ├── StepFailed          a step exhausted its attempts
     │   ├── DeterminismError    replayed code asked for a different step than the journal holds
-    │   └── ChildRunFailed      a child run ended failed or cancelled
+    │   ├── ChildRunFailed      a child run ended failed or cancelled
+    │   └── LLMCallFailed       every model of a route failed or refused a call
+    │       └── ProviderUnavailable   no provider answered before the call's deadline
     └── InfrastructureError     the database is unavailable or full: retry later
         ├── StoreUnavailable
         ├── StoreFull
@@ -39,8 +41,10 @@ __all__ = [
     "InvalidInput",
     "InvalidState",
     "KernosError",
+    "LLMCallFailed",
     "LeaseLost",
     "NotSerializable",
+    "ProviderUnavailable",
     "RunError",
     "RunNotFound",
     "ScheduleNotFound",
@@ -146,6 +150,48 @@ class ChildRunFailed(RunError):
         self.state = state
         self.error = error
         super().__init__(f"child run {child_id} ended {state}: {error or 'no error recorded'}")
+
+
+class LLMCallFailed(RunError):
+    """An LLM call got no usable answer from any model of its route.
+
+    ``error_class`` is the gateway's class of the last error (``rate_limited``,
+    ``context_too_long``, ``auth``, ...); every attempt, with its provider, model, error and
+    delay, is in the run's journal. Errors that retrying cannot fix (auth, bad_request,
+    content_filtered) end the call at once; the agent may catch this and change its request.
+    """
+
+    def __init__(
+        self,
+        route: str,
+        error_class: str,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        attempts: int = 0,
+        hint: str | None = None,
+    ) -> None:
+        self.route = route
+        self.error_class = error_class
+        self.provider = provider
+        self.model = model
+        self.attempts = attempts
+        where = f" ({provider}:{model})" if provider else ""
+        super().__init__(
+            f"LLM call on route {route!r} failed after {attempts} attempt(s): {error_class}"
+            f"{where}: {message}"
+            + (f"; {hint}" if hint else "")
+            + " (every attempt is in the run's journal: kernos trace RUN)"
+        )
+
+
+class ProviderUnavailable(LLMCallFailed):
+    """Every model of the route kept failing until the call's deadline passed.
+
+    Without a deadline a run waits (state ``waiting``, waiting for: provider) until a provider
+    recovers; with one, the wait ends in this error.
+    """
 
 
 class InfrastructureError(KernosError):

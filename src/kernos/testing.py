@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from kernos.kernel import Client, Registry, Worker, WorkerConfig
+from kernos.gateway import default_services
+from kernos.kernel import CallService, Client, Registry, Worker, WorkerConfig
 
 #: short leases and polls, so that tests of recovery and timers finish quickly
 FAST = WorkerConfig(concurrency=50, lease_ttl=3.0, poll_interval=0.05, grace=5.0)
@@ -25,10 +26,20 @@ __all__ = ["FAST", "running_worker", "wait_until"]
 
 @asynccontextmanager
 async def running_worker(
-    client: Client, registry: Registry, config: WorkerConfig = FAST
+    client: Client,
+    registry: Registry,
+    config: WorkerConfig = FAST,
+    *,
+    services: Mapping[str, CallService] | None = None,
 ) -> AsyncIterator[Worker]:
-    """Run a worker in this event loop for the block; it drains and stops on exit."""
-    worker = Worker(client.store, registry, config)
+    """Run a worker in this event loop for the block; it drains and stops on exit.
+
+    ``services`` serve ``ctx.llm`` (default: ``kernos.default_services()``, from kernos.toml;
+    a test points them at the provider simulator with a ``GatewayConfig`` of its own).
+    """
+    if services is None:
+        services = default_services()
+    worker = Worker(client.store, registry, config, services=services)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.started.wait(), 10)
     try:

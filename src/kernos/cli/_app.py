@@ -21,8 +21,10 @@ import typer
 from rich.console import Console
 
 from kernos.errors import ConfigError, InfrastructureError, KernosError, UsageError
+from kernos.gateway import default_services
 from kernos.kernel import (
     REGISTRY,
+    CallService,
     Client,
     Faults,
     Settings,
@@ -367,15 +369,18 @@ def worker(
             grace=settings.grace if grace is None else grace,
             faults=Faults.parse(settings.fault),
         )
-        asyncio.run(_run_worker(database or settings.database_url, settings, config))
+        services = default_services()  # kernos.toml: a bad file stops the worker here
+        asyncio.run(_run_worker(database or settings.database_url, settings, config, services))
     except KernosError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(_exit_code(exc)) from None
 
 
-async def _run_worker(url: str, settings: Settings, config: WorkerConfig) -> None:
+async def _run_worker(
+    url: str, settings: Settings, config: WorkerConfig, services: dict[str, CallService]
+) -> None:
     client = await connect(url, settings=settings, registry=REGISTRY)
-    w = Worker(client.store, REGISTRY, config)
+    w = Worker(client.store, REGISTRY, config, services=services)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)

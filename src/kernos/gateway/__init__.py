@@ -5,6 +5,18 @@ retries with backoff that honours ``retry-after``, a circuit breaker per endpoin
 along a route, client-side rate limits, and cost from real usage.
 """
 
+from kernos.gateway._attempts import Attempt
+from kernos.gateway._config import (
+    Endpoint,
+    GatewayConfig,
+    GatewaySettings,
+    ProviderConfig,
+    load_config,
+)
+from kernos.gateway._gateway import Gateway
+from kernos.gateway._prices import Price, PriceTable
+from kernos.gateway._provider import LLMRequest, ModelProvider, ProviderError, ProviderResult
+from kernos.gateway._service import LLMService, default_services
 from kernos.gateway._types import (
     ErrorClass,
     FinishReason,
@@ -17,12 +29,27 @@ from kernos.gateway._types import (
 )
 
 __all__ = [
+    "Attempt",
+    "Endpoint",
     "ErrorClass",
     "FinishReason",
+    "Gateway",
+    "GatewayConfig",
+    "GatewaySettings",
+    "LLMRequest",
     "LLMResponse",
+    "LLMService",
     "Message",
+    "ModelProvider",
+    "Price",
+    "PriceTable",
+    "ProviderConfig",
+    "ProviderError",
+    "ProviderResult",
     "StreamDelta",
     "ToolCall",
     "ToolSpec",
     "Usage",
+    "default_services",
+    "load_config",
 ]

@@ -1,5 +1,6 @@
 """The kernel layer: durable runs by replay, workers, leases, timers, messages, schedules."""
 
+from kernos.kernel._calls import CallRecord, CallService, DurableCall
 from kernos.kernel._client import Client, connect, format_time, output_of
 from kernos.kernel._codec import parse_json
 from kernos.kernel._context import ChildHandle, RunContext
@@ -15,8 +16,11 @@ __all__ = [
     "REGISTRY",
     "STEP_KINDS",
     "AgentSpec",
+    "CallRecord",
+    "CallService",
     "ChildHandle",
     "Client",
+    "DurableCall",
     "Faults",
     "Registry",
     "RetryPolicy",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -73,6 +73,28 @@ class RunContext:
         if not isinstance(name, str) or not name:
             raise UsageError("ctx.step needs a non-empty step name as its first argument")
         return await self._x.step(name, fn, args, kwargs)
+
+    async def llm(
+        self,
+        route: str,
+        messages: Sequence[Any],
+        tools: Sequence[Any] | None = None,
+        **params: Any,
+    ) -> Any:
+        """Ask a model of ``route`` (a route name from kernos.toml, or ``provider:model``).
+
+        A journaled call: returns a ``kernos.LLMResponse`` (``.text``, ``.tool_calls``,
+        ``.finish_reason``, ``.usage``, ``.cost``, ``.model``, ``.provider``), and replay returns
+        the recorded one. Failed attempts are retried with backoff or fall back along the
+        route, each journaled; when every model is down the run waits (waiting for: provider)
+        and resumes by itself. ``messages`` and ``tools`` are ``kernos.Message``/``ToolSpec``
+        or plain dicts in the OpenAI shape. Options: ``stream=True`` (and ``on_delta=`` to see
+        the text as it comes), ``deadline=`` seconds, and any model parameter (``max_tokens``,
+        ``temperature``, ...). Raises ``LLMCallFailed`` when no model can answer.
+        """
+        if not isinstance(route, str) or not route:
+            raise UsageError("ctx.llm needs a route name or 'provider:model' as first argument")
+        return await self._x.service_call("llm", route, (route, messages, tools), params)
 
     async def sleep(self, duration: float | timedelta) -> None:
         """Wait durably: the run is parked in the store and woken when the timer is due."""

@@ -22,7 +22,7 @@ import random
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -40,6 +40,7 @@ from kernos.errors import (
     StepFailed,
     UsageError,
 )
+from kernos.kernel._calls import CallRecord, CallService, DurableCall, Park
 from kernos.kernel._codec import encode, parse_json, roundtrip
 from kernos.kernel._faults import Faults
 from kernos.kernel._registry import AgentSpec, Registry
@@ -154,8 +155,10 @@ class Execution:
         claim: Claim,
         signals: WorkerSignals,
         faults: Faults,
+        services: Mapping[str, CallService] | None = None,
     ) -> None:
         self.store = store
+        self.services: Mapping[str, CallService] = services or {}
         self.registry = registry
         self.claim = claim
         self.run = claim.run
@@ -445,6 +448,47 @@ class Execution:
                 return value
         finally:
             self._inflight -= 1
+
+    async def service_call(
+        self, kind: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``ctx.<kind>(...)``: a durable call served by the service registered for ``kind``."""
+        service = self.services.get(kind)
+        if service is None:
+            raise UsageError(
+                f"ctx.{kind} needs a {kind} service in this worker, and it has none: start the "
+                f"worker with `kernos worker` or kernos.testing.running_worker, or pass "
+                f"services=kernos.default_services() to Worker(...)"
+            )
+        pos, recorded = self._next(kind, name)
+        record = CallRecord.of(kind, recorded)
+        if record.completed is None and record.failed is None:
+            self._boundary(pos)
+
+        async def write(
+            type_: str, payload: dict[str, Any], duration: float | None, n: int
+        ) -> None:
+            await self._write(
+                self._event(
+                    type_, step=pos, name=name, attempt=n, payload=payload, duration=duration
+                )
+            )
+
+        call = DurableCall(kind, name, pos, self.run_id, record, write)
+        self._inflight += 1  # until its outcome is committed (see _suspension)
+        try:
+            return await service(call, *args, **kwargs)
+        except Park as p:
+            parked = p
+        finally:
+            self._inflight -= 1
+        event = self._event(
+            f"{kind}_parked",
+            step=pos,
+            name=name,
+            payload={**parked.payload, "retry_at": parked.retry_at},
+        )
+        raise self._suspension(parked.waiting_for, [event], Timer(pos, parked.retry_at), None)
 
     async def _attempt_failed(
         self, name: str, pos: int, attempt: int, started: float, exc: Exception, policy: Any

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from kernos.errors import DeterminismError
+from kernos.kernel._calls import call_kinds
 from kernos.store import Event
 
 #: event type -> the kind of ctx call that writes it (``step``, ``sleep``, ...)
@@ -27,6 +28,7 @@ KIND_OF = {
     "child_spawned": "spawn",
     "child_result": "child_result",
     "value": "value",
+    **call_kinds(),
 }
 CANCEL_DELIVERED = "cancel_delivered"
 

@@ -14,10 +14,12 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kernos.errors import InfrastructureError, KernosError
+from kernos.kernel._calls import CallService
 from kernos.kernel._cron import next_fire
 from kernos.kernel._execution import Execution, WorkerSignals
 from kernos.kernel._faults import Faults
@@ -46,8 +48,18 @@ class Worker:
     have finished and every lease was released, or the grace period ran out.
     """
 
-    def __init__(self, store: Store, registry: Registry, config: WorkerConfig | None = None):
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        config: WorkerConfig | None = None,
+        *,
+        services: Mapping[str, CallService] | None = None,
+    ):
+        """``services`` serve the durable calls of higher layers: ``{"llm": ...}`` for
+        ``ctx.llm`` (``kernos.default_services()`` builds them from kernos.toml)."""
         self.store = store
+        self.services: dict[str, CallService] = dict(services or {})
         self.registry = registry
         self.config = config or WorkerConfig()
         self.id = self.config.worker_id or (
@@ -132,7 +144,9 @@ class Worker:
             # unreachable): the older execution is fenced off; stop it.
             stale[1].lost = True
             stale[0].cancel()
-        execution = Execution(self.store, self.registry, claim, self._signals, self.config.faults)
+        execution = Execution(
+            self.store, self.registry, claim, self._signals, self.config.faults, self.services
+        )
         task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
         self._active[claim.run.id] = (task, execution)
 

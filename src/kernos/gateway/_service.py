@@ -1,0 +1,138 @@
+"""``ctx.llm``: the gateway serving a run's durable LLM calls (see ``kernel._calls``).
+
+Live, it runs a round of the gateway with the call's journaled history; replayed, it returns the
+recorded answer (or raises the recorded failure) without asking any provider. When the route is
+down the run parks until the earliest moment a model may answer (a breaker's half-open probe,
+a provider's retry-after); the next round starts from there. A deadline (``deadline=`` seconds
+from the call's first attempt, or the config's) turns that wait into ``ProviderUnavailable``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kernos.errors import LLMCallFailed, ProviderUnavailable
+from kernos.gateway._attempts import Attempt
+from kernos.gateway._config import GatewayConfig, load_config
+from kernos.gateway._gateway import Gateway, RouteDown, build_request
+from kernos.gateway._provider import OnDelta
+from kernos.gateway._types import LLMResponse, Message, ToolSpec
+from kernos.kernel import CallService, DurableCall
+
+
+class LLMService:
+    """Registered with a worker as ``services={"llm": LLMService(gateway)}``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(
+        self,
+        call: DurableCall,
+        route: str,
+        messages: Sequence[Message | Mapping[str, Any]],
+        tools: Sequence[ToolSpec | Mapping[str, Any]] | None = None,
+        *,
+        stream: bool = False,
+        on_delta: OnDelta | None = None,
+        deadline: float | None = None,
+        **params: Any,
+    ) -> LLMResponse:
+        if call.completed is not None:
+            return LLMResponse.model_validate(call.completed["response"])
+        if call.failed is not None:
+            raise _recorded_failure(call.failed)
+        request = build_request(messages, tools, params)
+        history = [Attempt.model_validate(a) for a in call.attempts]
+        limit = deadline if deadline is not None else self.gateway.config.gateway.deadline
+        started = call.record.started_at or time.time()
+        give_up_at = started + limit if limit else None
+
+        async def journal(attempt: Attempt) -> None:
+            await call.attempt(attempt.payload(), duration=attempt.latency, n=attempt.n)
+
+        try:
+            response = await self.gateway.attempt_call(
+                route,
+                request,
+                stream=stream,
+                on_delta=on_delta,
+                history=history,
+                on_attempt=journal,
+                give_up_at=give_up_at,
+                idempotency_key=call.idempotency_key,
+            )
+        except LLMCallFailed as exc:
+            await call.fail(_failure_payload(exc), n=exc.attempts)
+            raise
+        except RouteDown as down:
+            if give_up_at is not None and down.retry_at >= give_up_at:
+                assert limit is not None
+                error = self.gateway.unavailable(route, down, limit)
+                await call.fail(_failure_payload(error), n=error.attempts)
+                raise error from None
+            last = down.last
+            call.park(
+                "provider",
+                down.retry_at,
+                {
+                    "route": route,
+                    "error_class": last.error_class if last else None,
+                    "provider": last.provider if last else None,
+                    "model": last.model if last else None,
+                },
+            )
+        await call.complete(
+            {"response": response.model_dump(mode="json")},
+            duration=response.latency,
+            n=response.attempts,
+        )
+        return response
+
+
+def default_services(config: GatewayConfig | None = None) -> dict[str, CallService]:
+    """The services a worker needs for ``ctx.llm``, from ``config`` or kernos.toml.
+
+    Loads the configuration now, so that a bad file fails the worker at start (with the file,
+    the key and what is wrong) rather than the first run that calls a model.
+    """
+    return {"llm": LLMService(Gateway(config if config is not None else load_config()))}
+
+
+def _failure_payload(exc: LLMCallFailed) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "route": exc.route,
+        "error_class": exc.error_class,
+        "provider": exc.provider,
+        "model": exc.model,
+        "attempts": exc.attempts,
+        "message": str(exc),
+    }
+
+
+class _Recorded(LLMCallFailed):
+    """A failure read back from the journal: the same text as when it happened."""
+
+    def __init__(self, payload: Mapping[str, Any]) -> None:
+        super().__init__(
+            str(payload.get("route", "")),
+            str(payload.get("error_class", "")),
+            "",
+            provider=payload.get("provider"),
+            model=payload.get("model"),
+            attempts=int(payload.get("attempts") or 0),
+        )
+        self.args = (str(payload.get("message", "")),)
+
+
+class _RecordedUnavailable(ProviderUnavailable, _Recorded):
+    pass
+
+
+def _recorded_failure(payload: Mapping[str, Any]) -> LLMCallFailed:
+    if payload.get("type") == "ProviderUnavailable":
+        return _RecordedUnavailable(payload)
+    return _Recorded(payload)

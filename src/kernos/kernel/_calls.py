@@ -1,0 +1,125 @@
+"""Durable calls: the kernel's primitive under ``ctx.llm`` (and, later, ``ctx.tool``).
+
+A call to an outside service has attempts, may wait for the service to recover, and ends with
+an answer or a failure. The kernel journals all of it at the call's position, but knows nothing
+of LLMs: a *service* from a higher layer (the gateway) does the work through a ``DurableCall``
+handle. Attempts are journaled before any wait (a killed worker's successor resumes with the
+call's history); ``park`` suspends the run with a timer, holding nothing while it waits; the
+final answer or failure is what replay returns without calling the service again.
+
+Events at a call's position, for kind ``k``: ``k_attempt`` (one per failed attempt),
+``k_parked`` (the run waits; a later round starts after it), ``k_completed``, ``k_failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, Protocol
+
+from kernos.store import Event
+
+#: the kinds of durable call the kernel journals (each maps its events to a replay kind)
+CALL_KINDS = ("llm", "tool")
+
+
+class CallService(Protocol):
+    """What a higher layer registers with a worker to serve ``ctx.<kind>(...)`` calls."""
+
+    def __call__(self, call: DurableCall, /, *args: Any, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What the journal holds for one call position."""
+
+    completed: dict[str, Any] | None = None
+    failed: dict[str, Any] | None = None
+    #: attempts of the current round (after the last park), oldest first
+    attempts: tuple[dict[str, Any], ...] = ()
+    #: when the call was first attempted (its deadline counts from there); None if never
+    started_at: float | None = None
+    parks: int = 0
+
+    @classmethod
+    def of(cls, kind: str, recorded: Sequence[Event]) -> CallRecord:
+        completed = failed = None
+        attempts: list[dict[str, Any]] = []
+        parks = 0
+        for ev in recorded:
+            if ev.type == f"{kind}_attempt":
+                attempts.append(ev.payload)
+            elif ev.type == f"{kind}_parked":
+                attempts = []
+                parks += 1
+            elif ev.type == f"{kind}_completed":
+                completed = ev.payload
+            elif ev.type == f"{kind}_failed":
+                failed = ev.payload
+        started = None
+        if recorded:
+            started = float(recorded[0].payload.get("started_at") or recorded[0].created_at)
+        return cls(completed, failed, tuple(attempts), started, parks)
+
+
+class Park(BaseException):
+    """Raised by ``DurableCall.park``: the run must wait (a BaseException: agent code's
+    ``except Exception`` must not swallow it)."""
+
+    def __init__(self, waiting_for: str, retry_at: float, payload: dict[str, Any]) -> None:
+        super().__init__(f"waiting for {waiting_for} until {retry_at}")
+        self.waiting_for = waiting_for
+        self.retry_at = retry_at
+        self.payload = payload
+
+
+@dataclass
+class DurableCall:
+    """A service's handle on one call position of one run."""
+
+    kind: str
+    name: str
+    position: int
+    run_id: str
+    record: CallRecord
+    _write: Callable[[str, dict[str, Any], float | None, int], Awaitable[None]] = field(repr=False)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts and replays: ``<run_id>:<position>``."""
+        return f"{self.run_id}:{self.position}"
+
+    @property
+    def completed(self) -> dict[str, Any] | None:
+        return self.record.completed
+
+    @property
+    def failed(self) -> dict[str, Any] | None:
+        return self.record.failed
+
+    @property
+    def attempts(self) -> tuple[dict[str, Any], ...]:
+        return self.record.attempts
+
+    async def attempt(self, payload: dict[str, Any], *, duration: float, n: int) -> None:
+        """Journal a failed attempt (commits before returning: wait only after this)."""
+        await self._write(f"{self.kind}_attempt", payload, duration, n)
+
+    async def complete(self, payload: dict[str, Any], *, duration: float, n: int) -> None:
+        await self._write(f"{self.kind}_completed", payload, duration, n)
+
+    async def fail(self, payload: dict[str, Any], *, n: int) -> None:
+        await self._write(f"{self.kind}_failed", payload, None, n)
+
+    def park(self, waiting_for: str, retry_at: float, payload: dict[str, Any]) -> NoReturn:
+        """Suspend the run until ``retry_at`` (wall clock); the call starts a new round then."""
+        raise Park(waiting_for, retry_at, payload)
+
+
+def call_kinds() -> dict[str, str]:
+    """Event type -> replay kind, for every durable call kind."""
+    return {
+        f"{kind}_{suffix}": kind
+        for kind in CALL_KINDS
+        for suffix in ("attempt", "parked", "completed", "failed")
+    }

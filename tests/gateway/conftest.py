@@ -1,0 +1,47 @@
+"""The gateway against the provider simulator over real HTTP, one simulator per session.
+
+Two providers point at it: ``oa`` speaks OpenAI Chat Completions, ``an`` Anthropic Messages.
+Backoff is scaled down so that retries take milliseconds; everything else is the product's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from _gateway_support import ConfigFactory, config_for
+
+from kernos.gateway import Gateway, GatewayConfig
+from kernos.sim import SimServer, serve
+
+SEED = 7
+
+
+@pytest.fixture(scope="session")
+def sim_server() -> Iterator[SimServer]:
+    with serve(seed=SEED) as server:
+        yield server
+
+
+@pytest.fixture
+def sim(sim_server: SimServer) -> SimServer:
+    sim_server.reset(seed=SEED)
+    return sim_server
+
+
+@pytest.fixture
+def make_config(sim: SimServer) -> ConfigFactory:
+    def make(**kw: Any) -> GatewayConfig:
+        return config_for(sim, **kw)
+
+    return make
+
+
+@pytest.fixture
+async def gateway(make_config: ConfigFactory) -> AsyncIterator[Gateway]:
+    g = Gateway(make_config())
+    try:
+        yield g
+    finally:
+        await g.aclose()
