@@ -100,13 +100,15 @@ class Workers:
         fault: str | None = None,
         grace: float | None = None,
         log_level: str = "INFO",
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         name = f"w{len(self.started) + 1}"
         log = self.directory / f"worker-{name}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KERNOS_")}
-        env["PYTHONUNBUFFERED"] = "1"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("KERNOS_")}
+        environ.update(env or {})
+        environ["PYTHONUNBUFFERED"] = "1"
         if fault is not None:
-            env["KERNOS_FAULT"] = fault
+            environ["KERNOS_FAULT"] = fault
         cmd = [
             sys.executable, "-m", "kernos", "worker",
             "--app", str(APPS / app),
@@ -120,7 +122,9 @@ class Workers:
         if grace is not None:
             cmd += ["--grace", str(grace)]
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
+            )
         worker = WorkerProcess(proc, log, name)
         self.started.append(worker)
         return worker

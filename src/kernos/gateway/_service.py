@@ -28,6 +28,9 @@ class LLMService:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
+    async def aclose(self) -> None:
+        await self.gateway.aclose()
+
     async def __call__(
         self,
         call: DurableCall,

@@ -57,7 +57,8 @@ class Worker:
         services: Mapping[str, CallService] | None = None,
     ):
         """``services`` serve the durable calls of higher layers: ``{"llm": ...}`` for
-        ``ctx.llm`` (``kernos.default_services()`` builds them from kernos.toml)."""
+        ``ctx.llm`` (``kernos.default_services()`` builds them from kernos.toml). The worker
+        owns them: those with an ``aclose()`` are closed when it stops."""
         self.store = store
         self.services: dict[str, CallService] = dict(services or {})
         self.registry = registry
@@ -98,8 +99,20 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            await self._close_services()
             self._stopped.set()
             log.info("worker %s stopped", self.id)
+
+    async def _close_services(self) -> None:
+        """The worker owns its services: their connections close when it stops."""
+        for name, service in self.services.items():
+            aclose = getattr(service, "aclose", None)
+            if aclose is None:
+                continue
+            try:
+                await aclose()
+            except Exception as exc:  # closing is best effort; the process may be exiting
+                log.warning("worker %s: closing its %s service failed: %s", self.id, name, exc)
 
     # -- claiming -----------------------------------------------------------------------------
 
