@@ -12,31 +12,71 @@ from pydantic import ValidationError
 from kernos.gateway._prices import BUILTIN_PRICES, Price, PriceTable, undated
 from kernos.gateway._types import Usage
 
-REQUIRED = [
+#: Current chat models the SDKs list (anthropic 2.14.0, openai 3.57.0) and LiteLLM prices, as of
+#: 2026-11-26.
+CURRENT = [
+    "gpt-6-astra",
+    "gpt-6.1-sol",
+    "gpt-6-sol",
+    "gpt-6.1-terra",
+    "gpt-6-luna",
+    "gpt-5.6-sol",
+    "gpt-5.6-terra",
+    "gpt-5.6-luna",
+    "gpt-5.5",
+    "gpt-5.4",
+    "gpt-5.4-mini",
+    "gpt-5.2",
+    "gpt-5.2-pro",
+    "claude-opus-5-5",
+    "claude-opus-5",
+    "claude-fable-5-1",
+    "claude-fable-5",
+    "claude-mythos-5-1",
+    "claude-mythos-5",
+    "claude-sonnet-5-5",
+    "claude-sonnet-5",
+    "claude-haiku-5-5",
+    "claude-opus-4-8",
+    "claude-opus-4-7",
+    "claude-opus-4-6",
+    "claude-sonnet-4-6",
+    "claude-haiku-4-5",
+]
+
+#: Deprecated with an end of life after 2026-11-26: still served, so still billed.
+DEPRECATED = [
+    "gpt-5.4-nano",
+    "gpt-5.1",
     "gpt-5",
     "gpt-5-mini",
     "gpt-5-nano",
     "gpt-4.1",
     "gpt-4.1-mini",
-    "gpt-4.1-nano",
     "gpt-4o",
     "gpt-4o-mini",
     "o3",
+    "claude-opus-4-5",
+    "claude-sonnet-4-5",
+]
+
+#: Past their end of life, kept in the table.
+RETIRED = [
+    "gpt-5-chat",
+    "gpt-4.1-nano",
     "o4-mini",
     "o3-mini",
     "o1",
     "claude-opus-4-1",
     "claude-opus-4",
-    "claude-sonnet-4-5",
     "claude-sonnet-4",
     "claude-3-7-sonnet",
-    "claude-haiku-4-5",
     "claude-3-5-haiku",
 ]
 
 
-@pytest.mark.parametrize("model", REQUIRED)
-def test_current_models_have_a_price_and_a_window(model: str) -> None:
+@pytest.mark.parametrize("model", CURRENT + DEPRECATED + RETIRED)
+def test_listed_models_have_a_price_and_a_window(model: str) -> None:
     price = PriceTable().lookup("any", model)
     assert price is not None
     assert price.context_window is not None
@@ -59,6 +99,17 @@ def test_builtin_prices_are_plausible(model: str, price: Price) -> None:
         ("claude-opus-4-1", Price(input=15.0, output=75.0, cached_input=1.50)),
         ("gpt-5", Price(input=1.25, output=10.0, cached_input=0.125)),
         ("o3", Price(input=2.0, output=8.0, cached_input=0.50)),
+        ("gpt-6-astra", Price(input=10.0, output=50.0, cached_input=1.0)),
+        ("gpt-6.1-sol", Price(input=2.0, output=10.0, cached_input=0.10)),
+        ("gpt-5.6-terra", Price(input=2.0, output=12.0, cached_input=0.20)),
+        ("gpt-5.5", Price(input=5.0, output=30.0, cached_input=0.50)),
+        ("gpt-5.4-mini", Price(input=0.75, output=4.50, cached_input=0.075)),
+        ("gpt-5.2-pro", Price(input=21.0, output=168.0, cached_input=21.0)),
+        ("claude-opus-5-5", Price(input=4.0, output=20.0, cached_input=0.20)),
+        ("claude-fable-5-1", Price(input=10.0, output=50.0, cached_input=0.25)),
+        ("claude-opus-4-8", Price(input=5.0, output=25.0, cached_input=0.50)),
+        ("claude-sonnet-4-6", Price(input=3.0, output=15.0, cached_input=0.30)),
+        ("claude-haiku-5-5", Price(input=0.10, output=0.50, cached_input=0.01)),
     ],
 )
 def test_list_prices(model: str, expected: Price) -> None:
@@ -83,6 +134,20 @@ def test_list_prices(model: str, expected: Price) -> None:
         ("claude-3-5-haiku-20241022", "claude-3-5-haiku"),
         ("claude-3-7-sonnet-latest", "claude-3-7-sonnet"),
         ("gpt-5-chat-latest", "gpt-5-chat"),
+        # the snapshots the SDKs list for models added 2026-11-26
+        ("gpt-5.5-2026-04-23", "gpt-5.5"),
+        ("gpt-5.4-mini-2026-03-17", "gpt-5.4-mini"),
+        ("gpt-5.4-nano-2026-03-17", "gpt-5.4-nano"),
+        ("gpt-5.2-2025-12-11", "gpt-5.2"),
+        ("gpt-5.2-pro-2025-12-11", "gpt-5.2-pro"),
+        ("gpt-5.1-2025-11-13", "gpt-5.1"),
+        ("claude-opus-4-5-20251101", "claude-opus-4-5"),
+        ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),
+        # snapshots LiteLLM knows that the SDKs do not list
+        ("gpt-5.4-2026-03-05", "gpt-5.4"),
+        ("gpt-6-astra-2026-09-03", "gpt-6-astra"),
+        ("claude-opus-4-6-20260205", "claude-opus-4-6"),
+        ("claude-opus-4-7-20260416", "claude-opus-4-7"),
     ],
 )
 def test_dated_names_find_their_model(name: str, base: str) -> None:
@@ -95,6 +160,12 @@ def test_undated_leaves_other_names_alone() -> None:
     assert undated("gpt-4.1-mini") == "gpt-4.1-mini"
     assert undated("llama3.1:8b") == "llama3.1:8b"
     assert undated("claude-sonnet-4-5") == "claude-sonnet-4-5"
+    # version numbers are not dates
+    assert undated("gpt-5.4-mini") == "gpt-5.4-mini"
+    assert undated("gpt-6.1-sol") == "gpt-6.1-sol"
+    assert undated("claude-opus-4-8") == "claude-opus-4-8"
+    assert undated("claude-haiku-5-5") == "claude-haiku-5-5"
+    assert undated("claude-sonnet-5") == "claude-sonnet-5"
 
 
 def test_a_snapshot_priced_differently_is_listed_itself() -> None:
@@ -148,6 +219,62 @@ def test_cost_on_a_large_call() -> None:
     assert PriceTable().cost("openai", "gpt-5", usage) == pytest.approx(0.9375 + 0.03125 + 1.0)
 
 
+@pytest.mark.parametrize(
+    ("model", "usage", "dollars"),
+    [
+        # 40,000 x 0.75 + 60,000 x 0.075 + 20,000 x 4.50
+        (
+            "gpt-5.4-mini-2026-03-17",
+            Usage(input_tokens=100_000, cached_input_tokens=60_000, output_tokens=20_000),
+            0.030 + 0.0045 + 0.090,
+        ),
+        # 20,000 x 2 + 180,000 x 0.10 + 5,000 x 10
+        (
+            "gpt-6.1-sol",
+            Usage(input_tokens=200_000, cached_input_tokens=180_000, output_tokens=5_000),
+            0.040 + 0.018 + 0.050,
+        ),
+        # no cached-input discount: 10,000 x 21 + 1,000 x 168
+        (
+            "gpt-5.2-pro-2025-12-11",
+            Usage(input_tokens=10_000, cached_input_tokens=8_000, output_tokens=1_000),
+            0.210 + 0.168,
+        ),
+        # 50,000 x 2 + 150,000 x 0.10 + 10,000 x 10
+        (
+            "claude-sonnet-5-5",
+            Usage(input_tokens=200_000, cached_input_tokens=150_000, output_tokens=10_000),
+            0.100 + 0.015 + 0.100,
+        ),
+        # 10,000 x 5 + 1,000 x 25
+        ("claude-opus-4-8", Usage(input_tokens=10_000, output_tokens=1_000), 0.050 + 0.025),
+        # 50,000 x 0.10 + 5,000 x 0.50, below the 100,000-token surcharge the table leaves out
+        ("claude-haiku-5-5", Usage(input_tokens=50_000, output_tokens=5_000), 0.005 + 0.0025),
+    ],
+)
+def test_cost_of_current_models(model: str, usage: Usage, dollars: float) -> None:
+    assert PriceTable().cost("p", model, usage) == pytest.approx(dollars)
+
+
+@pytest.mark.parametrize(
+    ("model", "dollars"),
+    [
+        ("claude-sonnet-4-5-20250929", 0.018 + 0.0012 + 0.030),  # end of life 2026-11-30
+        ("claude-opus-4-5-20251101", 0.030 + 0.002 + 0.050),  # 2027-01-22
+        ("gpt-5-2025-08-07", 0.0075 + 0.0005 + 0.020),  # 2026-12-11
+        ("o3-2025-04-16", 0.012 + 0.002 + 0.016),  # 2026-12-11
+        ("gpt-5.4-nano-2026-03-17", 0.0012 + 0.00008 + 0.0025),  # 2027-04-01
+    ],
+)
+def test_deprecated_models_are_still_billed(model: str, dollars: float) -> None:
+    """A deprecated model is served until its end of life, and each call until then is billed:
+    6,000 fresh input, 4,000 cached input and 2,000 output tokens at its list price."""
+    usage = Usage(input_tokens=10_000, cached_input_tokens=4_000, output_tokens=2_000)
+    table = PriceTable()
+    assert table.cost("p", model, usage) == pytest.approx(dollars)
+    assert table.unknown() == set()
+
+
 def test_cached_tokens_never_exceed_input_tokens() -> None:
     """A provider reporting more cached than input tokens is not allowed to make input
     negative: the cached part is capped at the input."""
@@ -189,6 +316,10 @@ def test_context_windows() -> None:
     assert table.context_window("openai", "gpt-5") == 272_000
     assert table.context_window("openai", "gpt-4o") == 128_000
     assert table.context_window("anthropic", "claude-haiku-4-5") == 200_000
+    assert table.context_window("anthropic", "claude-opus-4-6") == 1_000_000
+    assert table.context_window("openai", "gpt-5.5-2026-04-23") == 1_050_000
+    assert table.context_window("openai", "gpt-6-sol") == 922_000
+    assert table.context_window("openai", "gpt-5.4-nano") == 272_000
     assert table.context_window("vllm", "mine") is None
 
 
