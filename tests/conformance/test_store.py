@@ -26,6 +26,7 @@ from kernos.store import (
     ChildWait,
     Control,
     Event,
+    JsonPath,
     MessageWait,
     NewRun,
     RunState,
@@ -484,5 +485,81 @@ async def test_upgrading_an_older_schema_keeps_its_runs(
         assert (await new.pause("r-old", reason="upgrade check")).state == RunState.PAUSED
         journal = await new.load_journal("r-old")
         assert journal[-1].payload == {"reason": "upgrade check"}
+        assert (await new.get_run("r-old")).tenant == "default"  # schema 3 filled it in
     finally:
         await new.close()
+
+
+# -- tenants and the journal's totals ------------------------------------------------------------
+
+
+async def test_tenant_is_stored_listed_and_inherited_by_children(store: SqlStore) -> None:
+    acme = await new_run(store, tenant="acme")
+    await new_run(store)
+    assert (await store.get_run(acme)).tenant == "acme"
+    assert [r.id for r in await store.list_runs(tenant="acme")] == [acme]
+    claims = await store.claim(worker_id="w", agents=AGENTS, limit=5, lease_ttl=30, agent_limits={})
+    parent = next(c for c in claims if c.run.id == acme)
+    child = await store.spawn(
+        acme,
+        parent.token,
+        events=[ev(1, "child_spawned")],
+        child=NewRun(
+            id=new_run_id(),
+            agent="a",
+            agent_version="1",
+            input="null",
+            parent_id=acme,
+            tenant=parent.run.tenant,
+        ),
+    )
+    assert child.tenant == "acme"
+
+
+async def test_sum_events_totals_payload_numbers_by_run_agent_tenant_and_field(
+    store: SqlStore,
+) -> None:
+    """The projection the cost ledger reads: sums over JSON payloads, on both backends."""
+    rows = []
+    for agent, tenant, cost in (("a", "acme", 0.5), ("a", "zeta", 0.25), ("a", "acme", 1.0)):
+        run_id = await new_run(store, agent=agent, tenant=tenant)
+        claims = await store.claim(
+            worker_id="w", agents=AGENTS, limit=1, lease_ttl=30, agent_limits={}
+        )
+        token = claims[0].token
+        await store.append(
+            run_id,
+            token,
+            [
+                Event(seq=1, type="llm_attempt", step=1, payload={"cost": 0.01, "model": "m1"}),
+                Event(
+                    seq=2,
+                    type="llm_completed",
+                    step=1,
+                    payload={"response": {"cost": cost, "model": "m2", "usage": {"n": 3}}},
+                ),
+                Event(seq=3, type="step_completed", step=2, payload={"cost": 99}),
+            ],
+        )
+        rows.append(run_id)
+    sums: dict[str, list[JsonPath]] = {
+        "cost": [("response", "cost"), ("cost",)],
+        "n": [("response", "usage", "n")],
+    }
+    types = ["llm_attempt", "llm_completed"]
+    by_tenant = await store.sum_events(types=types, sums=sums, group_by="tenant")
+    assert [(t.key, t.events) for t in by_tenant] == [("acme", 4), ("zeta", 2)]  # dearest first
+    assert by_tenant[0].sums["cost"] == pytest.approx(1.52)
+    assert by_tenant[0].sums["n"] == 6
+    by_run = await store.sum_events(types=types, sums=sums, group_by="run")
+    assert {t.key: round(t.sums["cost"], 2) for t in by_run} == dict(
+        zip(rows, [0.51, 0.26, 1.01], strict=True)
+    )
+    by_model = await store.sum_events(
+        types=types, sums=sums, group_by=[[("response", "model"), ("model",)]]
+    )
+    assert {t.key: t.events for t in by_model} == {"m1": 3, "m2": 3}
+    later = await store.sum_events(types=types, sums=sums, group_by="agent", since=time.time() + 60)
+    assert later == []
+    with pytest.raises(InvalidInput):
+        await store.sum_events(types=types, sums=sums, group_by="planet")

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -21,7 +22,7 @@ import typer
 from rich.console import Console
 
 from kernos.errors import ConfigError, InfrastructureError, KernosError, UsageError
-from kernos.gateway import default_services
+from kernos.gateway import GROUPS, cost_report, default_services
 from kernos.kernel import (
     REGISTRY,
     CallService,
@@ -39,10 +40,12 @@ from kernos.kernel import (
 from kernos.store import RunState, open_store
 
 from ._render import (
+    costs_table,
     dumps,
     event_dict,
     inspect_view,
     log_line,
+    parse_since,
     run_dict,
     runs_table,
     schedule_dict,
@@ -71,6 +74,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+TenantOpt = Annotated[
+    str | None, typer.Option(help="Charge the run's costs to this tenant (default: default).")
+]
 DbOpt = Annotated[
     str | None,
     typer.Option(
@@ -159,13 +165,16 @@ async def run(
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
     delay: Annotated[float | None, typer.Option(help="Start no sooner than in SECONDS.")] = None,
     version: Annotated[str | None, typer.Option(help="Agent version (default: latest).")] = None,
+    tenant: TenantOpt = None,
     as_json: JsonOpt = False,
     database: DbOpt = None,
 ) -> None:
     """Start a run of AGENT; prints its id (with --wait, its output)."""
     value = _parse(input, "--input")
     async with await _client(database, app_module, create=True) as client:
-        started = await client.start(agent, value, version=version, priority=priority, delay=delay)
+        started = await client.start(
+            agent, value, version=version, priority=priority, delay=delay, tenant=tenant
+        )
         if not wait:
             out.print(dumps(run_dict(started)) if as_json else started.id)
             return
@@ -190,6 +199,7 @@ async def runs(
     state: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
     agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 50,
+    tenant: Annotated[str | None, typer.Option(help="Only runs of this tenant.")] = None,
     as_json: JsonOpt = False,
     database: DbOpt = None,
 ) -> None:
@@ -202,7 +212,7 @@ async def runs(
             f"{', '.join(s.value for s in RunState)}"
         ) from None
     async with await _client(database) as client:
-        found = await client.runs(state=wanted, agent=agent, limit=limit)
+        found = await client.runs(state=wanted, agent=agent, limit=limit, tenant=tenant)
     if as_json:
         out.print(dumps([run_dict(r) for r in found]))
     else:
@@ -392,6 +402,34 @@ async def _run_worker(
         await client.close()
 
 
+# -- costs ------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+async def costs(
+    by: Annotated[str, typer.Option(help="Total per run, agent, tenant or model.")] = "agent",
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only calls since: a duration back from now (30m, 24h, 7d) or a date."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many lines (dearest first).")] = 50,
+    as_json: JsonOpt = False,
+    database: DbOpt = None,
+) -> None:
+    """What LLM calls cost (from the journal): dollars and tokens per run, agent, tenant, model."""
+    group = next((g for g in GROUPS if g == by), None)
+    if group is None:
+        raise UsageError(f"--by {by!r} is not a grouping; use one of {', '.join(GROUPS)}")
+    start = parse_since(since) if since else None
+    async with await _client(database) as client:
+        lines = await cost_report(client.store, by=group, since=start, limit=limit)
+    if as_json:
+        out.print(dumps([asdict(line) for line in lines]))
+    else:
+        out.print(costs_table(lines, by))
+
+
 # -- schedules --------------------------------------------------------------------------------
 
 
@@ -403,13 +441,14 @@ async def schedule_add(
     cron: Annotated[str, typer.Argument(help="Five-field cron expression, UTC.")],
     input: Annotated[str, typer.Option("--input", "-i", help="Input of each run, JSON.")] = "null",
     priority: Annotated[int, typer.Option()] = 0,
+    tenant: TenantOpt = None,
     app_module: AppOpt = None,
     database: DbOpt = None,
 ) -> None:
     """Start a run of AGENT at every tick of CRON (once per tick, however many workers)."""
     value = _parse(input, "--input")
     async with await _client(database, app_module, create=True) as client:
-        s = await client.add_schedule(name, agent, cron, value, priority=priority)
+        s = await client.add_schedule(name, agent, cron, value, priority=priority, tenant=tenant)
     out.print(f"schedule {s.name} added: {s.agent} at {s.cron!r}")
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from kernos.errors import UsageError
+from kernos.gateway import CostLine
 from kernos.kernel import STEP_KINDS, format_time
 from kernos.store import Event, Run, Schedule
 
@@ -261,4 +266,50 @@ def schedules_table(schedules: list[Schedule]) -> Table:
         table.add_column(col)
     for s in schedules:
         table.add_row(s.name, s.agent, s.cron, format_time(s.next_fire_at), _short(s.input, 60))
+    return table
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str) -> float:
+    """``30m``/``24h``/``7d`` back from now, or an ISO date/time (UTC unless it says)."""
+    text = text.strip()
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in _UNITS:
+        return time.time() - float(text[:-1]) * _UNITS[text[-1]]
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r} is neither a duration (30m, 24h, 7d) nor a date "
+            f"(2026-11-20 or 2026-11-20T09:00)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def costs_table(lines: Sequence[CostLine], by: str) -> Table:
+    table = Table(box=None, header_style="bold")
+    table.add_column(by.upper(), no_wrap=True)
+    for col in ("COST (USD)", "INPUT TOKENS", "CACHED", "OUTPUT TOKENS", "EVENTS"):
+        table.add_column(col, justify="right")
+    for line in lines:
+        table.add_row(
+            line.key,
+            f"{line.cost:.6f}",
+            f"{line.input_tokens:,}",
+            f"{line.cached_input_tokens:,}",
+            f"{line.output_tokens:,}",
+            str(line.events),
+        )
+    if lines:
+        table.add_row(
+            Text("total", style="bold"),
+            Text(f"{sum(x.cost for x in lines):.6f}", style="bold"),
+            f"{sum(x.input_tokens for x in lines):,}",
+            f"{sum(x.cached_input_tokens for x in lines):,}",
+            f"{sum(x.output_tokens for x in lines):,}",
+            str(sum(x.events for x in lines)),
+        )
     return table

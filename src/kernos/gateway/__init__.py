@@ -13,6 +13,7 @@ from kernos.gateway._config import (
     ProviderConfig,
     load_config,
 )
+from kernos.gateway._costs import GROUPS, CostGroup, CostLine, cost_report
 from kernos.gateway._gateway import Gateway
 from kernos.gateway._prices import Price, PriceTable
 from kernos.gateway._provider import LLMRequest, ModelProvider, ProviderError, ProviderResult
@@ -29,7 +30,10 @@ from kernos.gateway._types import (
 )
 
 __all__ = [
+    "GROUPS",
     "Attempt",
+    "CostGroup",
+    "CostLine",
     "Endpoint",
     "ErrorClass",
     "FinishReason",
@@ -50,6 +54,7 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "Usage",
+    "cost_report",
     "default_services",
     "load_config",
 ]

@@ -23,13 +23,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from kernos.errors import ConfigError, LLMCallFailed, ProviderUnavailable
-from kernos.gateway._anthropic import AnthropicProvider
 from kernos.gateway._attempts import Attempt, tries_by_endpoint
 from kernos.gateway._backoff import backoff_delay
 from kernos.gateway._breaker import BreakerRegistry
 from kernos.gateway._config import Endpoint, GatewayConfig, ProviderConfig, load_config
 from kernos.gateway._limits import LimitWouldExceedDeadline, RateLimiter
-from kernos.gateway._openai import OpenAIProvider
 from kernos.gateway._prices import PriceTable
 from kernos.gateway._provider import LLMRequest, ModelProvider, OnDelta, ProviderError
 from kernos.gateway._types import (
@@ -418,13 +416,21 @@ class Gateway:
 
 
 def make_provider(cfg: ProviderConfig) -> ModelProvider:
-    """The SDK-backed provider for a configured endpoint."""
-    kinds: dict[str, type[OpenAIProvider] | type[AnthropicProvider]] = {
-        "openai": OpenAIProvider,
-        "anthropic": AnthropicProvider,
-    }
-    cls = kinds.get(cfg.kind)
-    if cls is None:
+    """The SDK-backed provider for a configured endpoint.
+
+    The SDKs are imported here, on first use: they take a second to import, which every
+    ``kernos`` command (and every worker without LLM agents) would otherwise pay.
+    """
+    cls: type[ModelProvider]
+    if cfg.kind == "openai":
+        from kernos.gateway._openai import OpenAIProvider
+
+        cls = OpenAIProvider
+    elif cfg.kind == "anthropic":
+        from kernos.gateway._anthropic import AnthropicProvider
+
+        cls = AnthropicProvider
+    else:
         raise ConfigError(f"provider {cfg.name!r} has unknown kind {cfg.kind!r}")
     return cls(
         cfg.name,

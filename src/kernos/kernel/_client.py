@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -91,8 +92,14 @@ class Client:
         priority: int = 0,
         delay: float | None = None,
         run_id: str | None = None,
+        tenant: str | None = None,
     ) -> Run:
-        """Create a run (``queued``); a worker that has the agent's code will execute it."""
+        """Create a run (``queued``); a worker that has the agent's code will execute it.
+
+        ``tenant`` names who the run's costs are charged to (``default`` if not given); the
+        runs it spawns inherit it.
+        """
+        tenant = check_tenant(tenant)
         resolved = await self._version_of(agent, version)
         text = self._encode_input(agent, resolved, input)
         if delay is not None and delay < 0:
@@ -106,6 +113,7 @@ class Client:
                 input=text,
                 priority=priority,
                 run_at=run_at,
+                tenant=tenant,
             )
         )
 
@@ -113,9 +121,14 @@ class Client:
         return await self.store.get_run(run_id)
 
     async def runs(
-        self, *, state: RunState | None = None, agent: str | None = None, limit: int = 100
+        self,
+        *,
+        state: RunState | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+        tenant: str | None = None,
     ) -> list[Run]:
-        return await self.store.list_runs(state=state, agent=agent, limit=limit)
+        return await self.store.list_runs(state=state, agent=agent, limit=limit, tenant=tenant)
 
     async def journal(self, run_id: str, *, after_seq: int = 0) -> list[Event]:
         await self.store.get_run(run_id)  # RunNotFound for an unknown id, not an empty list
@@ -151,14 +164,22 @@ class Client:
         return await self.store.cancel(run_id, reason=reason)
 
     async def add_schedule(
-        self, name: str, agent: str, cron: str, input: Any = None, *, priority: int = 0
+        self,
+        name: str,
+        agent: str,
+        cron: str,
+        input: Any = None,
+        *,
+        priority: int = 0,
+        tenant: str | None = None,
     ) -> Schedule:
+        tenant = check_tenant(tenant)
         validate_cron(cron)
         version = await self._version_of(agent, None)
         text = self._encode_input(agent, version, input)
         now = time.time()
         return await self.store.add_schedule(
-            Schedule(name, agent, cron, text, priority, next_fire(cron, now), now)
+            Schedule(name, agent, cron, text, priority, next_fire(cron, now), now, tenant)
         )
 
     async def schedules(self) -> list[Schedule]:
@@ -205,3 +226,18 @@ async def connect(
         await store.close()
         raise
     return Client(store, registry)
+
+
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+
+
+def check_tenant(tenant: str | None) -> str:
+    """A tenant name, or ``InvalidInput`` saying what one may look like."""
+    if tenant is None:
+        return "default"
+    if not _TENANT.match(tenant):
+        raise InvalidInput(
+            f"tenant {tenant!r} is not a valid name: use 1-128 letters, digits and . _ : @ -, "
+            f"starting with a letter or digit (e.g. acme-corp)"
+        )
+    return tenant

@@ -652,6 +652,7 @@ class Execution:
                 input=text,
                 priority=self.run.priority,
                 parent_id=self.run_id,
+                tenant=self.run.tenant,
             ),
         )
         return child_id

@@ -8,6 +8,7 @@ errors by their codes, never by their text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
@@ -65,6 +66,14 @@ class Dialect(Protocol):
         """The time (epoch seconds) on the clock that all workers of this database share."""
         ...
 
+    def json_text(self, column: str, path: Sequence[str]) -> str:
+        """SQL for the text at ``path`` in a JSON column (NULL when absent)."""
+        ...
+
+    def json_number(self, column: str, path: Sequence[str]) -> str:
+        """SQL for the number at ``path`` in a JSON column (NULL when absent)."""
+        ...
+
     def lock_migrations(self, tx: Tx) -> None: ...
 
     def lock_agent(self, tx: Tx, agent: str) -> None:
@@ -93,3 +102,15 @@ def placeholders(count: int) -> str:
 def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def json_path(path: Sequence[str]) -> str:
+    """``("response", "cost")`` as ``$.response.cost``; keys are checked, never interpolated
+    blindly into SQL."""
+    for key in path:
+        if not _KEY.match(key):
+            raise ValueError(f"not a plain JSON key: {key!r}")
+    return "$." + ".".join(path)

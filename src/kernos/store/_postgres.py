@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from kernos.errors import ConfigError, StoreFull, StoreUnavailable
 from kernos.store._commit import Committer
-from kernos.store._dialect import Params, Row, Tx
+from kernos.store._dialect import Params, Row, Tx, json_path
 from kernos.store._fenced import unnest_insert
 from kernos.store._loop_commit import LoopCommitter
 
@@ -390,6 +390,13 @@ class PostgresDialect:
         row = tx.fetchone("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8")
         assert row is not None
         return float(row[0])
+
+    def json_text(self, column: str, path: Sequence[str]) -> str:
+        json_path(path)  # validates the keys
+        return f"({column}::jsonb #>> '{{{','.join(path)}}}')"
+
+    def json_number(self, column: str, path: Sequence[str]) -> str:
+        return f"CAST({self.json_text(column, path)} AS DOUBLE PRECISION)"
 
     def lock_migrations(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':kernos:migrate'))")

@@ -7,7 +7,7 @@ fencing token and raise ``LeaseLost`` instead of writing when the token is stale
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +17,8 @@ from kernos.store._records import (
     Claim,
     Control,
     Event,
+    EventTotals,
+    JsonPath,
     Message,
     NewRun,
     Run,
@@ -74,6 +76,7 @@ class Store(Protocol):
         state: RunState | None = None,
         agent: str | None = None,
         limit: int = 100,
+        tenant: str | None = None,
     ) -> list[Run]: ...
     async def count_runs(self) -> dict[RunState, int]: ...
     async def load_journal(self, run_id: str, *, after_seq: int = 0) -> list[Event]: ...
@@ -88,6 +91,19 @@ class Store(Protocol):
         agent_limits: dict[str, int],
     ) -> list[Claim]: ...
     async def append(self, run_id: str, token: int, events: Sequence[Event]) -> Control | None: ...
+
+    async def sum_events(
+        self,
+        *,
+        types: Sequence[str],
+        sums: Mapping[str, Sequence[JsonPath]],
+        group_by: str | Sequence[Sequence[JsonPath]],
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[EventTotals]:
+        """Totals of numeric payload fields over events of ``types``, grouped by ``run``,
+        ``agent``, ``tenant`` or payload fields; a projection of the journal (cost ledgers)."""
+        ...
 
     def commit_stats(self) -> CommitStats:
         """Appends and the commits that carried them, since the store was opened."""

@@ -62,6 +62,8 @@ class Run:
     lease_token: int
     lease_expires_at: float | None
     claims: int
+    #: who the run's costs are charged to (``default`` unless the caller names one)
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class NewRun:
     run_at: float | None = None
     parent_id: str | None = None
     schedule: str | None = None
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,19 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     duration: float | None = None
+
+
+#: a path into an event's JSON payload, e.g. ("response", "cost")
+JsonPath = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventTotals:
+    """One group of ``Store.sum_events``: its key, how many events, and the sums asked for."""
+
+    key: str
+    events: int
+    sums: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +136,7 @@ class Schedule:
     priority: int
     next_fire_at: float
     created_at: float
+    tenant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the reason a person gave with a pause or cancel request",
         ("ALTER TABLE kernos_runs ADD COLUMN control_reason TEXT",),
     ),
+    Migration(
+        3,
+        "the tenant a run (and the runs a schedule starts) is charged to",
+        (
+            "ALTER TABLE kernos_runs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'",
+            "CREATE INDEX kernos_runs_tenant ON kernos_runs (tenant, id)",
+            "ALTER TABLE kernos_schedules ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -41,6 +41,8 @@ from kernos.store._records import (
     Claim,
     Control,
     Event,
+    EventTotals,
+    JsonPath,
     Message,
     MessageWait,
     NewRun,
@@ -58,7 +60,7 @@ T = TypeVar("T")
 _RUN_COLUMNS = (
     "id, agent, agent_version, state, waiting_for, control, input, output, error, priority, "
     "parent_id, schedule, created_at, updated_at, run_at, lease_owner, lease_token, "
-    "lease_expires_at, claims"
+    "lease_expires_at, claims, tenant"
 )
 #: a run committing without suspending yields to its event loop at least this often (seconds)
 _YIELD_EVERY = 0.005
@@ -90,6 +92,7 @@ def _run(row: Row) -> Run:
         lease_token=row[16],
         lease_expires_at=row[17],
         claims=row[18],
+        tenant=row[19],
     )
 
 
@@ -118,6 +121,10 @@ def _event_params(run_id: str, ev: Event, now: float) -> tuple[Any, ...]:
         ev.created_at or now,
         ev.duration,
     )
+
+
+def _coalesce(expressions: Sequence[str]) -> str:
+    return expressions[0] if len(expressions) == 1 else f"COALESCE({', '.join(expressions)})"
 
 
 def _with_reason(events: Sequence[Event], type_: str, reason: str | None) -> list[Event]:
@@ -280,7 +287,7 @@ class SqlStore:
         run_at = new.run_at if new.run_at is not None else now
         tx.execute(
             f"INSERT INTO kernos_runs ({_RUN_COLUMNS}) VALUES "
-            "(?, ?, ?, 'queued', NULL, NULL, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, 0)",
+            "(?, ?, ?, 'queued', NULL, NULL, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, 0, ?)",
             (
                 new.id,
                 new.agent,
@@ -292,6 +299,7 @@ class SqlStore:
                 now,
                 now,
                 run_at,
+                new.tenant,
             ),
         )
         self._d.notify(tx)
@@ -315,6 +323,7 @@ class SqlStore:
             lease_token=0,
             lease_expires_at=None,
             claims=0,
+            tenant=new.tenant,
         )
 
     def _create_run(self, new: NewRun) -> Run:
@@ -343,8 +352,13 @@ class SqlStore:
     async def get_run(self, run_id: str) -> Run:
         return await self._call(self._get_run, run_id)
 
-    def _list_runs(self, state: RunState | None, agent: str | None, limit: int) -> list[Run]:
+    def _list_runs(
+        self, state: RunState | None, agent: str | None, limit: int, tenant: str | None = None
+    ) -> list[Run]:
         where, params = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
         if state is not None:
             where.append("state = ?")
             params.append(state.value)
@@ -360,9 +374,69 @@ class SqlStore:
         return [_run(r) for r in rows]
 
     async def list_runs(
-        self, *, state: RunState | None = None, agent: str | None = None, limit: int = 100
+        self,
+        *,
+        state: RunState | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+        tenant: str | None = None,
     ) -> list[Run]:
-        return await self._call(self._list_runs, state, agent, limit)
+        return await self._call(self._list_runs, state, agent, limit, tenant)
+
+    def _sum_events(
+        self,
+        types: Sequence[str],
+        sums: Mapping[str, Sequence[JsonPath]],
+        group_by: str | Sequence[Sequence[JsonPath]],
+        since: float | None,
+        limit: int,
+    ) -> list[EventTotals]:
+        d = self._d
+        if isinstance(group_by, str):
+            columns = {"run": "j.run_id", "agent": "r.agent", "tenant": "r.tenant"}
+            if group_by not in columns:
+                raise InvalidInput(f"cannot group by {group_by!r}: use run, agent or tenant")
+            key = columns[group_by]
+        else:
+            parts = [_coalesce([d.json_text("j.payload", p) for p in alts]) for alts in group_by]
+            key = " || ':' || ".join(f"COALESCE({p}, '-')" for p in parts)
+        names = list(sums)
+        totals = [
+            f"SUM(COALESCE({_coalesce([d.json_number('j.payload', p) for p in sums[n]])}, 0))"
+            for n in names
+        ]
+        where = [f"j.type IN ({placeholders(len(types))})"]
+        params: list[Any] = list(types)
+        if since is not None:
+            where.append("j.created_at >= ?")
+            params.append(since)
+        order = f"{totals[0]} DESC, " if totals else ""
+        sql = (
+            f"SELECT {key} AS k, COUNT(*), {', '.join(totals) or '0'} "
+            "FROM kernos_journal j JOIN kernos_runs r ON r.id = j.run_id "
+            f"WHERE {' AND '.join(where)} GROUP BY {key} ORDER BY {order}k LIMIT ?"
+        )
+        with d.read() as tx:
+            rows = tx.fetchall(sql, (*params, limit))
+        return [
+            EventTotals(
+                key=str(row[0]),
+                events=int(row[1]),
+                sums={n: float(row[2 + i] or 0) for i, n in enumerate(names)},
+            )
+            for row in rows
+        ]
+
+    async def sum_events(
+        self,
+        *,
+        types: Sequence[str],
+        sums: Mapping[str, Sequence[JsonPath]],
+        group_by: str | Sequence[Sequence[JsonPath]],
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[EventTotals]:
+        return await self._call(self._sum_events, types, sums, group_by, since, limit)
 
     def _count_runs(self) -> dict[RunState, int]:
         with self._d.read() as tx:
@@ -965,8 +1039,17 @@ class SqlStore:
                 )
             tx.execute(
                 "INSERT INTO kernos_schedules (name, agent, cron, input, priority, next_fire_at, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (s.name, s.agent, s.cron, s.input, s.priority, s.next_fire_at, s.created_at),
+                "created_at, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    s.name,
+                    s.agent,
+                    s.cron,
+                    s.input,
+                    s.priority,
+                    s.next_fire_at,
+                    s.created_at,
+                    s.tenant,
+                ),
             )
         return s
 
@@ -976,7 +1059,7 @@ class SqlStore:
     def _list_schedules(self) -> list[Schedule]:
         with self._d.read() as tx:
             rows = tx.fetchall(
-                "SELECT name, agent, cron, input, priority, next_fire_at, created_at "
+                "SELECT name, agent, cron, input, priority, next_fire_at, created_at, tenant "
                 "FROM kernos_schedules ORDER BY name"
             )
         return [Schedule(*r) for r in rows]
@@ -1002,7 +1085,7 @@ class SqlStore:
             due = [
                 Schedule(*r)
                 for r in tx.fetchall(
-                    "SELECT name, agent, cron, input, priority, next_fire_at, created_at "
+                    "SELECT name, agent, cron, input, priority, next_fire_at, created_at, tenant "
                     "FROM kernos_schedules WHERE next_fire_at <= ?",
                     (now,),
                 )
@@ -1029,6 +1112,7 @@ class SqlStore:
                     input=s.input,
                     priority=s.priority,
                     schedule=s.name,
+                    tenant=s.tenant,
                 )
                 fired.append(self._insert_run(tx, new, now))
         return fired

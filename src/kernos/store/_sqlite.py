@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from kernos.errors import ConfigError, StoreFull, StoreUnavailable
 from kernos.store._commit import Committer
-from kernos.store._dialect import Params, Row, Tx, WouldBlock
+from kernos.store._dialect import Params, Row, Tx, WouldBlock, json_path
 from kernos.store._fenced import insert_batch
 from kernos.store._thread_commit import ThreadCommitter
 
@@ -220,6 +220,12 @@ class SqliteDialect:
     def now(self, tx: Tx) -> float:
         """One machine, one clock: every SQLite worker shares this host's."""
         return time.time()
+
+    def json_text(self, column: str, path: Sequence[str]) -> str:
+        return f"json_extract({column}, '{json_path(path)}')"
+
+    def json_number(self, column: str, path: Sequence[str]) -> str:
+        return f"CAST(json_extract({column}, '{json_path(path)}') AS REAL)"
 
     def lock_migrations(self, tx: Tx) -> None:
         """``BEGIN IMMEDIATE`` already holds the database's only write lock."""
