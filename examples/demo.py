@@ -5,6 +5,10 @@
 3. A new worker claims the run once the dead worker's lease expires, replays the journal, and
    continues at the step where the first one died. Completed steps are not redone.
 4. `kernos trace` shows both claims; the effects log shows each stage's effect.
+5. On the way, the pipeline asks a model, through the gateway, on a bad afternoon: the provider
+   simulator (a real HTTP server, `kernos sim`) has Anthropic overloaded and OpenAI rate-limiting
+   once. The call retries, falls back across families, honours retry-after, and the trace and
+   `kernos costs` show every attempt.
 
 Everything runs on the embedded default database (SQLite under .kernos/), through the same
 `kernos` commands a user types.
@@ -15,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -29,13 +35,20 @@ from kernos.store import RunState, new_run_id
 console = Console(highlight=False)
 ROOT = Path(__file__).resolve().parent.parent
 EFFECTS = ROOT / ".kernos" / "demo-effects.log"
+CONFIG = ROOT / ".kernos" / "demo-kernos.toml"
 LEASE_TTL = 3.0
+SIM_FAULTS = [
+    "anthropic:overloaded",  # 529 on every request: the breaker and the fallback get to work
+    "openai:rate_limit:count=1,retry_after=1",  # one 429 asking for a second's patience
+]
 ENV = {
     **os.environ,
+    "KERNOS_CONFIG": str(CONFIG),
     "KERNOS_DEMO_EFFECTS": str(EFFECTS),
     "KERNOS_LEASE_TTL": str(LEASE_TTL),
     "KERNOS_POLL_INTERVAL": "0.2",
     "PYTHONUNBUFFERED": "1",
+    "COLUMNS": "130",  # room for the trace's details
 }
 KERNOS = [sys.executable, "-m", "kernos"]
 
@@ -104,6 +117,54 @@ async def wait_done(run_id: str, timeout: float) -> RunState:
 WORKERS: list[subprocess.Popen[bytes]] = []
 
 
+def start_simulator() -> subprocess.Popen[bytes]:
+    """`kernos sim` on a free port, and a kernos.toml whose providers point at it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    faults = [arg for f in SIM_FAULTS for arg in ("--fault", f)]
+    console.print(f"[bold cyan]$ kernos sim --port {port} {' '.join(faults)}[/]")
+    with (ROOT / ".kernos" / "demo-sim.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [*KERNOS, "sim", "--port", str(port), "--seed", "1", *faults],
+            env=ENV,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    WORKERS.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_sim/health", timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("the provider simulator did not start") from None
+            time.sleep(0.05)
+    CONFIG.write_text(
+        f"""# written by examples/demo.py: the providers are the simulator
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{url}/anthropic"
+api_key_env = ""
+
+[providers.openai]
+kind = "openai"
+base_url = "{url}/openai/v1"
+api_key_env = ""
+
+[routes]
+support = ["anthropic:claude-haiku-4-5", "openai:gpt-4.1-mini"]
+
+[gateway]
+backoff_base = 0.2
+"""
+    )
+    return proc
+
+
 async def main() -> None:
     try:
         await story()
@@ -121,6 +182,7 @@ async def story() -> None:
     started = time.monotonic()
 
     act(1, "a worker runs an agent", "The agent is plain async Python; each ctx.step is journaled.")
+    start_simulator()
     show(["db", "migrate"])
     worker_a = start_worker("worker A")
     run_id = show(
@@ -178,6 +240,15 @@ async def story() -> None:
 
     act(5, "the trace", "The journal as a tree: one branch per claim, worker A's and worker B's.")
     show(["trace", run_id])
+
+    act(
+        6,
+        "the model call on a bad afternoon",
+        "Anthropic answered 529 (overloaded) three times: the gateway fell back to OpenAI, which "
+        "asked for a second's patience (429, retry-after 1 s) and then answered. Each attempt is a "
+        "journal event (llm_attempt above); the cost comes from the answer's real usage:",
+    )
+    show(["costs", "--by", "model"])
 
     worker_b.send_signal(signal.SIGTERM)
     code = worker_b.wait(timeout=30)

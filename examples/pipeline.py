@@ -2,7 +2,9 @@
 
 Each step appends one line to an effects log, with its idempotency key, so the demo can show
 that a worker killed mid-run is followed by one that continues from the journal and repeats no
-completed step.
+completed step. Before e-mailing the customer it asks a model (route ``support`` in the
+kernos.toml that ``KERNOS_CONFIG`` names: the demo points it at the provider simulator, whose
+first provider is overloaded and whose second rate-limits once).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _effect(stage: str, order_id: str) -> dict[str, str]:
     return {"stage": stage, "key": key}
 
 
-async def do_stage(stage: str, order_id: str) -> dict[str, str]:
+async def do_stage(stage: str, order_id: str, text: str = "") -> dict[str, str]:
     await asyncio.sleep(STEP_SECONDS)  # the slow part: an API call, a payment provider...
     return await asyncio.to_thread(_effect, stage, order_id)
 
@@ -44,6 +46,17 @@ async def do_stage(stage: str, order_id: str) -> dict[str, str]:
 async def pipeline(ctx: kernos.RunContext, order: dict[str, str]) -> dict[str, object]:
     done = []
     for stage in STAGES:
-        result = await ctx.step(stage, do_stage, stage, order["id"])
+        if stage == "email_customer":
+            draft = await ctx.llm(
+                "support",
+                [
+                    {"role": "system", "content": "You write short, friendly order updates."},
+                    {"role": "user", "content": f"Order {order['id']} has shipped."},
+                ],
+                max_tokens=200,
+            )
+            result = await ctx.step(stage, do_stage, stage, order["id"], draft.text)
+        else:
+            result = await ctx.step(stage, do_stage, stage, order["id"])
         done.append(result["stage"])
     return {"order": order["id"], "stages": done}

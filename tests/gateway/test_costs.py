@@ -77,6 +77,17 @@ async def test_costs_by_tenant_agent_model_and_run(
     table = await asyncio.to_thread(kernos_cli, db_url, "costs", "--by", "model", "--since", "1h")
     assert "an:claude-haiku-4-5" in table.stdout and "total" in table.stdout
 
+    # and the LLM calls read well in inspect, trace and logs
+    inspect = await asyncio.to_thread(kernos_cli, db_url, "inspect", boss.id)
+    assert "llm" in inspect.stdout and "completed" in inspect.stdout
+    trace = await asyncio.to_thread(kernos_cli, db_url, "trace", boss.id)
+    assert "llm_completed" in trace.stdout and "an:claude-haiku-4-5" in trace.stdout
+    logs = await asyncio.to_thread(kernos_cli, db_url, "logs", solo.id)
+    assert "llm_completed" in logs.stdout and "tokens" in logs.stdout
+    child = next(r for r in (await client.runs(tenant="acme")) if r.agent == "asker")
+    failed = await asyncio.to_thread(kernos_cli, db_url, "trace", child.id)
+    assert "overloaded 503 -> retry in" in failed.stdout
+
 
 def kernos_cli(db_url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(

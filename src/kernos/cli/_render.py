@@ -85,6 +85,14 @@ _STATUS = {
     "child_spawned": "completed",
     "child_result": "completed",
     "value": "completed",
+    "llm_attempt": "retrying",
+    "llm_parked": "waiting",
+    "llm_completed": "completed",
+    "llm_failed": "failed",
+    "tool_attempt": "retrying",
+    "tool_parked": "waiting",
+    "tool_completed": "completed",
+    "tool_failed": "failed",
 }
 
 
@@ -97,13 +105,15 @@ def steps_of(events: list[Event]) -> list[StepSummary]:
         if s is None:
             s = steps[ev.step] = StepSummary(ev.step, STEP_KINDS[ev.type], ev.name or "")
             s.started_at = ev.created_at - (ev.duration or 0.0)
-        s.status = _STATUS[ev.type]
+        s.status = _STATUS.get(ev.type, ev.type)
         s.attempts = max(s.attempts, ev.attempt)
         s.ended_at = ev.created_at
         s.duration = (ev.created_at - s.started_at) if s.started_at is not None else ev.duration
         if ev.type in ("step_failed", "step_attempt_failed"):
             err = ev.payload.get("error", {})
             s.error = f"{err.get('type', '?').rsplit('.', 1)[-1]}: {err.get('message', '')}"
+        if ev.type in ("llm_attempt", "llm_failed"):
+            s.error = f"{ev.payload.get('error_class')}: {ev.payload.get('error') or ''}"[:200]
         if ev.type == "child_result" and ev.payload.get("state") != "completed":
             s.status = ev.payload.get("state", "failed")
     return [steps[k] for k in sorted(steps)]
@@ -220,6 +230,26 @@ def _event_detail(ev: Event) -> str:
         return f"for {_ms(p.get('seconds'))}"
     if ev.type == "child_spawned":
         return f"child {p.get('child_id')}"
+    if ev.type == "llm_attempt":
+        status = f" {p['status']}" if p.get("status") else ""
+        then = p.get("then", "")
+        wait = f" in {_ms(p['delay'])}" if p.get("delay") is not None else ""
+        return (
+            f"{p.get('provider')}:{p.get('model')} {p.get('error_class')}{status} -> {then}{wait}"
+        )
+    if ev.type == "llm_completed":
+        r = p.get("response", {})
+        u = r.get("usage", {})
+        return (
+            f"{r.get('provider')}:{r.get('model')} {u.get('input_tokens', 0)}+"
+            f"{u.get('output_tokens', 0)} tokens ${r.get('cost', 0):.6f}"
+        )
+    if ev.type == "llm_parked":
+        return (
+            f"every model down ({p.get('error_class')}); retry at {format_time(p.get('retry_at'))}"
+        )
+    if ev.type == "llm_failed":
+        return f"{p.get('error_class')}: {p.get('message', '')}"[:300]
     if "reason" in p:
         return str(p["reason"])
     return ""
