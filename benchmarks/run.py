@@ -1,11 +1,17 @@
-"""kernos benchmarks (issue #4, section 8): ``make bench`` runs this and prints one table.
+"""kernos benchmarks (issue #4, section 8; issue #5, section 6): ``make bench`` runs this and
+prints one table.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only a,b,c,d,e] [--backends sqlite,postgresql]
+    .venv/bin/python benchmarks/run.py [--quick] [--only a,b,c,d,e,f,g,h]
+                                       [--backends sqlite,postgresql]
 
 (a) per-step overhead of ``ctx.step`` against the single-commit floor measured in the same run;
 (b) steps/s with 1, 10 and 100 concurrent runs in one worker; (c) worker RSS with 10,000
 waiting runs; (d) SIGKILL-to-progress time against the lease TTL; (e) the peers (DBOS,
-LangGraph) from ``.kernos/bench-peers.json``, written by ``make bench-peers``.
+LangGraph) from ``.kernos/bench-peers.json``, written by ``make bench-peers``. The gateway's,
+against the provider simulator in its own process (no database, so once, not per backend):
+(f) the gateway's added latency over calling the SDK directly; (g) goodput of 1,000 calls
+through an outage and a flaky fallback; (h) the same through LiteLLM's Router, run with
+``.bench-venv``'s python (``make bench-peers`` installs it).
 
 The machine is noisy: every figure is printed with the floor measured in the same process just
 before it, and the ratio to that floor is what to compare. These are measurements, never tests:
@@ -76,10 +82,43 @@ def _compare(kernos: list[Row], peers: list[Row]) -> list[str]:
     return lines
 
 
+def _gateway_benches(
+    only: set[str], quick: bool, notes: list[str]
+) -> tuple[list[Row], list[str], bool]:
+    """(f), (g), (h): rows, the kernos-vs-LiteLLM lines, and whether one could not run."""
+    import gateway
+
+    rows: list[Row] = []
+    kernos: list[gateway.Goodput] = []
+    litellm: list[gateway.Goodput] = []
+    failed = False
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("f", lambda: rows.extend(gateway.bench_f(quick=quick))),
+        ("g", lambda: kernos.append(gateway.bench_g(quick=quick))),
+        ("h", lambda: litellm.extend(gateway.bench_h(quick=quick))),
+    ]
+    for key, run in steps:
+        if key not in only:
+            continue
+        start = time.perf_counter()
+        print(f"running ({key}) on the simulator ...", file=sys.stderr, flush=True)
+        try:
+            run()
+        except Exception:
+            failed = True
+            notes.append(f"({key}) failed:\n{traceback.format_exc()}")
+            print(notes[-1], file=sys.stderr)
+        print(f"  ({key}): {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+    goodput_rows = gateway.goodput_rows(kernos[0] if kernos else None, litellm)
+    return rows + goodput_rows, gateway.compare_goodput(goodput_rows), failed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="kernos benchmarks (issue #4, section 8)")
-    ap.add_argument("--quick", action="store_true", help="fewer steps, runs, kills, repeats")
-    ap.add_argument("--only", default="a,b,c,d,e", help="which measurements, e.g. a,b")
+    ap.add_argument(
+        "--quick", action="store_true", help="fewer steps, runs, kills, repeats, LLM calls"
+    )
+    ap.add_argument("--only", default="a,b,c,d,e,f,g,h", help="which measurements, e.g. a,b")
     ap.add_argument("--backends", default=",".join(BACKENDS), help="sqlite,postgresql")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -123,6 +162,11 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
+    goodput_lines: list[str] = []
+    if only & {"f", "g", "h"}:
+        rows_fgh, goodput_lines, fgh_failed = _gateway_benches(only, q, notes)
+        rows.extend(rows_fgh)
+        failed = failed or fgh_failed
     peer_rows: list[Row] = []
     if "e" in only:
         peer_rows, info = _peer_rows()
@@ -133,9 +177,13 @@ def main() -> int:
         render(
             rows + peer_rows,
             f"kernos benchmarks{' (--quick)' if q else ''}: value, floor (same run), "
-            f"ratio to floor; b/e-b floor = single-commit rate; d floor = lease TTL",
+            f"ratio to floor; b/e-b floor = single-commit rate; d floor = lease TTL; "
+            f"f floor = the SDK called directly",
         )
     )
+    if goodput_lines:
+        print("\n(g) kernos vs (h) LiteLLM's Router: the same calls, faults and seed")
+        print("\n".join(goodput_lines))
     if peer_rows:
         print(
             "\n(e) kernos vs peers, by ratio to each run's own floor (lower is better for a, "
