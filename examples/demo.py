@@ -66,7 +66,7 @@ def show(cmd: list[str]) -> str:
     )
     text = done.stdout.rstrip()
     if text:
-        console.print(text, markup=False)
+        console.print(text, markup=False, soft_wrap=True)
     if done.returncode != 0:
         console.print(done.stderr, markup=False)
         raise SystemExit(f"kernos {' '.join(cmd)} failed with exit code {done.returncode}")
