@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -87,6 +88,12 @@ class Gateway:
         self._limiters: dict[str, RateLimiter] = {}
         self._rand = rand
         self._warned: set[str] = set()
+
+    def warm_up(self) -> None:
+        """Import the configured families' SDKs on a background thread now, so that a
+        worker's first LLM call does not pay the second it takes (commands never do)."""
+        kinds = {p.kind for p in self.config.providers.values()}
+        threading.Thread(target=_import_sdks, args=(kinds,), daemon=True).start()
 
     @classmethod
     def from_config(cls, path: str | None = None) -> Gateway:
@@ -439,6 +446,13 @@ def make_provider(cfg: ProviderConfig) -> ModelProvider:
         timeout=cfg.timeout,
         headers=cfg.headers,
     )
+
+
+def _import_sdks(kinds: set[str]) -> None:
+    if "openai" in kinds:
+        import kernos.gateway._openai
+    if "anthropic" in kinds:
+        import kernos.gateway._anthropic  # noqa: F401
 
 
 def build_request(

@@ -101,7 +101,9 @@ def default_services(config: GatewayConfig | None = None) -> dict[str, CallServi
     Loads the configuration now, so that a bad file fails the worker at start (with the file,
     the key and what is wrong) rather than the first run that calls a model.
     """
-    return {"llm": LLMService(Gateway(config if config is not None else load_config()))}
+    gateway = Gateway(config if config is not None else load_config())
+    gateway.warm_up()
+    return {"llm": LLMService(gateway)}
 
 
 def _failure_payload(exc: LLMCallFailed) -> dict[str, Any]:
