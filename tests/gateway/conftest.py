@@ -6,28 +6,27 @@ Backoff is scaled down so that retries take milliseconds; everything else is the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from _gateway_support import ConfigFactory, config_for
 
 from kernos.gateway import Gateway, GatewayConfig
-from kernos.sim import SimServer, serve
+from kernos.sim import SimServer
 
 SEED = 7
 
 
-@pytest.fixture(scope="session")
-def sim_server() -> Iterator[SimServer]:
-    with serve(seed=SEED) as server:
-        yield server
+@pytest.fixture
+def kernos_sim_seed() -> int:
+    return SEED
 
 
 @pytest.fixture
-def sim(sim_server: SimServer) -> SimServer:
-    sim_server.reset(seed=SEED)
-    return sim_server
+def sim(kernos_sim: SimServer) -> SimServer:
+    """The session's simulator (kernos' pytest plugin) with no rules, scripts or log."""
+    return kernos_sim
 
 
 @pytest.fixture

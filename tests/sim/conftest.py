@@ -3,12 +3,8 @@
 The clients are the official SDKs with their own retries off and a short timeout, talking real
 HTTP to the simulator: what a test sees is what the gateway will see.
 
-A user's own fixture is the same few lines::
-
-    @pytest.fixture
-    def sim() -> Iterator[kernos.sim.SimServer]:
-        with kernos.sim.serve(seed=1) as server:
-            yield server
+The simulator itself comes from kernos' pytest plugin (``kernos_sim``), which any project that
+depends on kernos gets too.
 """
 
 from __future__ import annotations
@@ -20,22 +16,20 @@ import httpx
 import openai
 import pytest
 
-from kernos.sim import SimServer, serve
+from kernos.sim import SimServer
 
 SEED = 1
 
 
-@pytest.fixture(scope="session")
-def sim_server() -> Iterator[SimServer]:
-    with serve(seed=SEED) as server:
-        yield server
+@pytest.fixture
+def kernos_sim_seed() -> int:
+    return SEED
 
 
 @pytest.fixture
-def sim(sim_server: SimServer) -> SimServer:
-    """The session's simulator with no rules, scripts or log, reseeded."""
-    sim_server.reset(seed=SEED)
-    return sim_server
+def sim(kernos_sim: SimServer) -> SimServer:
+    """The session's simulator (kernos' pytest plugin) with no rules, scripts or log."""
+    return kernos_sim
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ ones merged, as the API requires), and ``max_tokens``, required here, defaults t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 import anthropic
@@ -18,12 +17,9 @@ from kernos.gateway._provider import (
     OnDelta,
     ProviderError,
     ProviderResult,
-    classify_body,
-    classify_status,
-    classify_transport,
-    malformed,
     truncated,
 )
+from kernos.gateway._sdk import SdkProvider
 from kernos.gateway._types import (
     ErrorClass,
     FinishReason,
@@ -47,84 +43,33 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
-class AnthropicProvider:
+class AnthropicProvider(SdkProvider):
     """One Anthropic Messages endpoint (a base URL and its key)."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        base_url: str,
-        api_key: str,
-        timeout: float = 60.0,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self._client = anthropic.AsyncAnthropic(
-            base_url=base_url,
-            api_key=api_key or "none",
-            max_retries=0,
-            timeout=timeout,
-            default_headers=dict(headers or {}),
-        )
+    sdk = anthropic
+    client_class = anthropic.AsyncAnthropic
 
-    async def aclose(self) -> None:
-        await self._client.close()
+    def _request(self, model: str, request: LLMRequest) -> dict[str, Any]:
+        return _request(model, request)
 
-    async def complete(
-        self,
-        model: str,
-        request: LLMRequest,
-        *,
-        timeout: float,
-        headers: Mapping[str, str],
-        stream: bool,
-        on_delta: OnDelta | None,
-        attempt: int,
+    async def _plain(
+        self, kwargs: dict[str, Any], timeout: float, headers: dict[str, str], model: str
     ) -> ProviderResult:
-        kwargs = _request(model, request)
-        try:
-            if stream:
-                return await self._stream(kwargs, timeout, headers, on_delta, attempt)
-            response = await self._client.messages.create(
-                **kwargs, timeout=timeout, extra_headers=dict(headers)
-            )
-            return _result(response, model)
-        except ProviderError:
-            raise
-        except anthropic.APIStatusError as exc:
-            if exc.status_code < 400:  # an error event inside a stream
-                raise classify_body(exc.body, exc.message) from exc
-            raise classify_status(
-                exc.status_code, exc.body, exc.response.headers, exc.message
-            ) from exc
-        except anthropic.APITimeoutError as exc:
-            raise ProviderError(ErrorClass.TIMEOUT, f"no answer within {timeout:g}s") from exc
-        except anthropic.APIConnectionError as exc:
-            raise ProviderError(ErrorClass.CONNECTION, str(exc)) from exc
-        except anthropic.APIResponseValidationError as exc:
-            raise malformed(exc) from exc
-        except anthropic.APIError as exc:
-            raise classify_body(exc.body, exc.message) from exc
-        except ValueError as exc:  # a body or an SSE frame that is not JSON
-            raise malformed(exc) from exc
-        except Exception as exc:
-            # the SDK lets raw HTTP errors escape while a stream is read
-            transport = classify_transport(exc)
-            if transport is None:
-                raise
-            raise transport from exc
+        response = await self._client.messages.create(
+            **kwargs, timeout=timeout, extra_headers=headers
+        )
+        return _result(response, model)
 
     async def _stream(
         self,
         kwargs: dict[str, Any],
         timeout: float,
-        headers: Mapping[str, str],
+        headers: dict[str, str],
         on_delta: OnDelta | None,
         attempt: int,
     ) -> ProviderResult:
         stream = await self._client.messages.create(
-            **kwargs, stream=True, timeout=timeout, extra_headers=dict(headers)
+            **kwargs, stream=True, timeout=timeout, extra_headers=headers
         )
         text: list[str] = []
         blocks: dict[int, dict[str, Any]] = {}

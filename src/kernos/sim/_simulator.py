@@ -163,10 +163,13 @@ class Simulator:
             return sorted(self._providers)
 
     def reset(self, *, seed: int | None = None) -> None:
-        """Forget every provider's rules, script and log; reseed (with the first seed if None)."""
+        """Forget every provider's rules, script and log; reseed with ``seed``, or with the last
+        seed given (at start or to ``reset``) if None, so that a reset replays the same draws."""
         with self._lock:
             self._providers.clear()
-            self._rng.seed(self._seed if seed is None else seed)
+            if seed is not None:
+                self._seed = seed
+            self._rng.seed(self._seed)
             self._seq = itertools.count(1)
 
     # -- the request path (called by the HTTP app) --------------------------------------------

@@ -1,0 +1,115 @@
+"""What the two SDK-backed providers share: one attempt's dispatch and the SDK's exceptions.
+
+The official ``openai`` and ``anthropic`` SDKs come from the same generator and raise the same
+exception tree (``APIStatusError``, ``APITimeoutError``, ``APIConnectionError``,
+``APIResponseValidationError``, ``APIError``), so one translation into ``ProviderError`` serves
+both; a subclass only builds requests and reads answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from kernos.gateway._provider import (
+    LLMRequest,
+    OnDelta,
+    ProviderError,
+    ProviderResult,
+    classify_body,
+    classify_status,
+    classify_transport,
+    malformed,
+)
+from kernos.gateway._types import ErrorClass
+
+
+class SdkProvider:
+    """A provider over an official SDK whose client has its own retries switched off."""
+
+    #: the SDK module whose exceptions this provider translates, and its async client class
+    sdk: ModuleType
+    client_class: Any
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: str,
+        timeout: float = 60.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._client = self.client_class(
+            base_url=base_url,
+            api_key=api_key or "none",  # a local server needs none; the SDK insists on one
+            max_retries=0,  # retries are the gateway's: one HTTP request per attempt
+            timeout=timeout,
+            default_headers=dict(headers or {}),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def complete(
+        self,
+        model: str,
+        request: LLMRequest,
+        *,
+        timeout: float,
+        headers: Mapping[str, str],
+        stream: bool,
+        on_delta: OnDelta | None,
+        attempt: int,
+    ) -> ProviderResult:
+        kwargs = self._request(model, request)
+        try:
+            if stream:
+                return await self._stream(kwargs, timeout, dict(headers), on_delta, attempt)
+            return await self._plain(kwargs, timeout, dict(headers), model)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            error = self._classify(exc, timeout)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _request(self, model: str, request: LLMRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _plain(
+        self, kwargs: dict[str, Any], timeout: float, headers: dict[str, str], model: str
+    ) -> ProviderResult:
+        raise NotImplementedError
+
+    async def _stream(
+        self,
+        kwargs: dict[str, Any],
+        timeout: float,
+        headers: dict[str, str],
+        on_delta: OnDelta | None,
+        attempt: int,
+    ) -> ProviderResult:
+        raise NotImplementedError
+
+    def _classify(self, exc: Exception, timeout: float) -> ProviderError | None:
+        sdk = self.sdk
+        if isinstance(exc, sdk.APIStatusError):
+            if exc.status_code < 400:  # an error event inside a 200 stream
+                return classify_body(exc.body, exc.message)
+            return classify_status(exc.status_code, exc.body, exc.response.headers, exc.message)
+        if isinstance(exc, sdk.APITimeoutError):
+            return ProviderError(ErrorClass.TIMEOUT, f"no answer within {timeout:g}s")
+        if isinstance(exc, sdk.APIConnectionError):
+            return ProviderError(ErrorClass.CONNECTION, str(exc))
+        if isinstance(exc, sdk.APIResponseValidationError):
+            return malformed(exc)
+        if isinstance(exc, sdk.APIError):
+            return classify_body(exc.body, exc.message)
+        if isinstance(exc, ValueError):  # a body or an SSE frame that is not JSON
+            return malformed(exc)
+        # some SDKs let raw HTTP errors escape while a stream is read
+        return classify_transport(exc)
