@@ -360,3 +360,26 @@ async def test_the_journaled_attempts_are_plain_json(sim: SimServer, gateway: Ga
     assert payload["error_class"] == "overloaded" and payload["status"] == 529
     assert payload["then"] == "retry" and payload["delay"] is not None
     assert Attempt.model_validate(payload) == seen[0]
+
+
+async def test_a_down_route_is_retried_when_its_soonest_model_may_answer(
+    sim: SimServer, make_config: ConfigFactory
+) -> None:
+    """The primary's breaker is open for 4 s; the fallback just ran out of attempts but may be
+    tried again after a short backoff: the route is retried then, not when the breaker
+    half-opens (and a deadline shorter than the breaker's cooldown is no reason to give up)."""
+    gateway = Gateway(make_config(max_attempts=2, breaker_threshold=3, breaker_cooldown=4.0))
+    try:
+        primary = gateway._breakers.get(OA)
+        for _ in range(3):  # three failures in a row: the primary's breaker opens for 4 s
+            permit = primary.acquire()
+            assert permit is not None
+            permit.failure()
+        sim.add_fault("an", Fault(kind="server_error", count=2))  # its two attempts fail
+        started = time.monotonic()
+        answer = await gateway.complete("both", HELLO, deadline=3.0)
+        assert answer.provider == "an"
+        assert time.monotonic() - started < 2.0
+        assert sim.log("oa") == []  # its breaker kept the dead primary out of it
+    finally:
+        await gateway.aclose()

@@ -124,6 +124,7 @@ class Gateway:
         request = build_request(messages, tools, params)
         limit = deadline or self.config.gateway.deadline or _DIRECT_DEADLINE
         give_up = time.time() + limit
+        last: Attempt | None = None
         while True:
             try:
                 return await self.attempt_call(
@@ -135,8 +136,11 @@ class Gateway:
                     idempotency_key=idempotency_key,
                 )
             except RouteDown as down:
+                last = down.last or last  # a round of open breakers makes no attempt
                 if down.retry_at >= give_up:
-                    raise self.unavailable(route, down, limit) from None
+                    raise self.unavailable(
+                        route, RouteDown(route, down.retry_at, last), limit
+                    ) from None
                 log.warning(
                     "route %s is down; trying again in %.1fs", route, down.retry_at - time.time()
                 )
@@ -148,7 +152,8 @@ class Gateway:
             route,
             last.error_class if last else "unavailable",
             (last.error if last else "no model of the route could be tried")
-            + f"; still failing after the call's deadline ({waited:g}s)",
+            + f"; no model of the route may be tried again within the call's deadline "
+            f"({waited:g}s from its first attempt)",
             provider=last.provider if last else None,
             model=last.model if last else None,
             attempts=last.n if last else 0,
@@ -219,7 +224,11 @@ class Gateway:
                         self._limiter(endpoint.provider).pause_until(
                             time.monotonic() + exc.retry_after
                         )
-                    then, delay = self._next_move(exc, tries[key], give_up_at)
+                    then, delay, wait = self._next_move(exc, tries[key], give_up_at)
+                    if then == "fallback" and exc.error_class.retryable:
+                        # this model may answer again after its backoff: a down route is
+                        # retried then, not only when some breaker half-opens
+                        retry_ats.append(time.time() + wait)
                     last = Attempt(
                         n=n,
                         provider=endpoint.provider,
@@ -341,13 +350,12 @@ class Gateway:
 
     def _next_move(
         self, exc: ProviderError, tries: int, give_up_at: float | None
-    ) -> tuple[str, float | None]:
-        """After a failure: ("retry", delay), ("fallback", None) or ("fail", None)."""
+    ) -> tuple[str, float | None, float]:
+        """After a failure: ("retry", delay), ("fallback", None) or ("fail", None), and the
+        wait this model asks for before it may be tried again."""
         settings = self.config.gateway
         if not exc.error_class.retryable:
-            return ("fallback" if exc.error_class.falls_back else "fail"), None
-        if tries >= settings.max_attempts:
-            return "fallback", None
+            return ("fallback" if exc.error_class.falls_back else "fail"), None, 0.0
         delay = backoff_delay(
             tries,
             base=settings.backoff_base,
@@ -355,11 +363,13 @@ class Gateway:
             retry_after=exc.retry_after,
             rand=self._rand(),
         )
+        if tries >= settings.max_attempts:
+            return "fallback", None, delay
         if delay > settings.max_retry_wait:
-            return "fallback", None  # the provider asks for longer than we will wait here
+            return "fallback", None, delay  # the provider asks for longer than we wait here
         if give_up_at is not None and time.time() + delay >= give_up_at:
-            return "fallback", None
-        return "retry", delay
+            return "fallback", None, delay
+        return "retry", delay, delay
 
     async def _finish_pending_delay(
         self, attempts: Sequence[Attempt], give_up_at: float | None
