@@ -102,7 +102,10 @@ def default_services(config: GatewayConfig | None = None) -> dict[str, CallServi
     the key and what is wrong) rather than the first run that calls a model.
     """
     gateway = Gateway(config if config is not None else load_config())
-    gateway.warm_up()
+    if gateway.config.routes:
+        # kernos.toml sets up models: this worker will call them. (The SDKs cost ~55 MB of
+        # memory; a worker without configured routes imports them on its first call only.)
+        gateway.warm_up()
     return {"llm": LLMService(gateway)}
 
 
