@@ -137,7 +137,7 @@ def main() -> int:
 
     q = args.quick
     plan: list[tuple[str, Callable[[str], list[Row]]]] = [
-        ("a", lambda b: steps.bench_a(b, steps=1000, repeat=1 if q else 3)),
+        ("a", lambda b: steps.bench_a(b, steps=1000, repeat=1 if q else 5)),
         ("b", lambda b: steps.bench_b(b, total_steps=2000 if q else 5000, repeat=1 if q else 2)),
         ("c", lambda b: memory.bench_c(b, runs=2000 if q else 10_000)),
         ("d", lambda b: recovery.bench_d(b, kills=5 if q else 20, ttl=2.0)),

@@ -156,7 +156,7 @@ def _run_sync(coro_fn: Callable[..., Any], *args: Any) -> Any:
     return asyncio.run(coro_fn(*args))
 
 
-def bench_a(backend: str, *, steps: int = 1000, repeat: int = 3) -> list[Row]:
+def bench_a(backend: str, *, steps: int = 1000, repeat: int = 5) -> list[Row]:
     """Interleaved pairs (floor, kernos); the ratio is the median of the pairs' ratios."""
     rows: list[Row] = []
     with database(backend, "a") as db:

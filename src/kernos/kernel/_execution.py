@@ -329,6 +329,7 @@ class Execution:
         attempt: int = 0,
         payload: dict[str, Any] | None = None,
         duration: float | None = None,
+        payload_json: str | None = None,
     ) -> Event:
         self._seq += 1
         return Event(
@@ -340,6 +341,7 @@ class Execution:
             payload=payload or {},
             created_at=time.time(),
             duration=duration,
+            payload_json=payload_json,
         )
 
     def _buffer(self, type_: str, **kw: Any) -> None:
@@ -434,17 +436,17 @@ class Execution:
                     continue
                 finally:
                     _current_key.reset(token)
-                value, _ = roundtrip(result, f"the result of step {name!r} (step {pos})")
-                await self._write(
-                    self._event(
-                        "step_completed",
-                        step=pos,
-                        name=name,
-                        attempt=attempt,
-                        payload={"result": value},
-                        duration=time.time() - started,
-                    )
+                value, text = roundtrip(result, f"the result of step {name!r} (step {pos})")
+                event = self._event(
+                    "step_completed",
+                    step=pos,
+                    name=name,
+                    attempt=attempt,
+                    payload={"result": value},
+                    duration=time.time() - started,
+                    payload_json='{"result":' + text + "}",  # encoded once, by roundtrip
                 )
+                await self._write(event)
                 return value
         finally:
             self._inflight -= 1

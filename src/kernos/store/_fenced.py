@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from kernos.store._commit import Append
@@ -101,9 +102,15 @@ def _statement(appends: Sequence[Append], lock_fence: str) -> FencedInsert:
         for row in append.rows:
             params.extend(row)
             params.append(append.token)
-    rows = len(params) // _WIDTH
+    return FencedInsert(appends, _values_sql(len(params) // _WIDTH, lock_fence), tuple(params))
+
+
+@lru_cache(maxsize=256)
+def _values_sql(rows: int, lock_fence: str) -> str:
+    """The statement for ``rows`` rows (made once per size: the hot path reuses its text, and
+    the driver's statement cache its plan)."""
     values = _FIRST_ROW + (", " + _ROW) * (rows - 1)
-    sql = (
+    return (
         f"INSERT INTO kernos_journal ({EVENT_COLUMNS}) "
         "SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,"
         f" v.column8, v.column9 FROM (VALUES {values}) AS v "
@@ -111,7 +118,6 @@ def _statement(appends: Sequence[Append], lock_fence: str) -> FencedInsert:
         " AND r.lease_token = v.column10 AND r.state = 'running' AND r.control IS NULL"
         f"{lock_fence}) RETURNING run_id, seq"
     )
-    return FencedInsert(appends, sql, tuple(params))
 
 
 def insert_batch(tx: Tx, batch: Sequence[Append], lock_fence: str) -> list[bool]:

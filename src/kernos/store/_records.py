@@ -93,6 +93,8 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     duration: float | None = None
+    #: ``payload`` already encoded as compact JSON, when the caller has it (saves encoding twice)
+    payload_json: str | None = field(default=None, compare=False, repr=False)
 
 
 #: a path into an event's JSON payload, e.g. ("response", "cost")

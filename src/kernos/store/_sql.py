@@ -117,7 +117,7 @@ def _event_params(run_id: str, ev: Event, now: float) -> tuple[Any, ...]:
         ev.step,
         ev.name,
         ev.attempt,
-        json.dumps(ev.payload, separators=(",", ":")),
+        ev.payload_json or json.dumps(ev.payload, separators=(",", ":")),
         ev.created_at or now,
         ev.duration,
     )
