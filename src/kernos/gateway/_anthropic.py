@@ -17,9 +17,10 @@ from kernos.gateway._provider import (
     OnDelta,
     ProviderError,
     ProviderResult,
+    malformed,
     truncated,
 )
-from kernos.gateway._sdk import SdkProvider
+from kernos.gateway._sdk import JsonObject, SdkProvider, parse_shape
 from kernos.gateway._types import (
     ErrorClass,
     FinishReason,
@@ -32,6 +33,7 @@ from kernos.gateway._types import (
 )
 
 DEFAULT_MAX_TOKENS = 4096
+_PATH = "/v1/messages"
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -55,10 +57,10 @@ class AnthropicProvider(SdkProvider):
     async def _plain(
         self, kwargs: dict[str, Any], timeout: float, headers: dict[str, str], model: str
     ) -> ProviderResult:
-        response = await self._client.messages.create(
-            **kwargs, timeout=timeout, extra_headers=headers
+        data = await self._client.post(
+            _PATH, cast_to=JsonObject, body=kwargs, options={"timeout": timeout, "headers": headers}
         )
-        return _result(response, model)
+        return parse_shape(_result, data, model)
 
     async def _stream(
         self,
@@ -68,71 +70,98 @@ class AnthropicProvider(SdkProvider):
         on_delta: OnDelta | None,
         attempt: int,
     ) -> ProviderResult:
-        stream = await self._client.messages.create(
-            **kwargs, stream=True, timeout=timeout, extra_headers=headers
+        stream = await self._client.post(
+            _PATH,
+            cast_to=JsonObject,
+            body={**kwargs, "stream": True},
+            options={"timeout": timeout, "headers": headers},
+            stream=True,
+            stream_cls=anthropic.AsyncStream[JsonObject],
         )
-        text: list[str] = []
-        blocks: dict[int, dict[str, Any]] = {}
-        stop: str | None = None
-        stopped = False
-        input_tokens = cached = output_tokens = 0
-        model = kwargs["model"]
+        state = _StreamState(kwargs["model"])
         try:
             async for event in stream:
-                kind = event.type
-                if kind == "message_start":
-                    model = event.message.model or model
-                    u = event.message.usage
-                    cached = getattr(u, "cache_read_input_tokens", None) or 0
-                    created = getattr(u, "cache_creation_input_tokens", None) or 0
-                    input_tokens = (u.input_tokens or 0) + cached + created
-                    output_tokens = u.output_tokens or 0
-                elif kind == "content_block_start":
-                    block = event.content_block
-                    if block.type == "tool_use":
-                        blocks[event.index] = {"id": block.id, "name": block.name, "args": []}
-                        if on_delta is not None:
-                            on_delta(
-                                StreamDelta(
-                                    attempt=attempt,
-                                    tool_call_index=event.index,
-                                    tool_call_id=block.id,
-                                    tool_name=block.name,
-                                )
-                            )
-                elif kind == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta":
-                        text.append(delta.text)
-                        if on_delta is not None:
-                            on_delta(StreamDelta(attempt=attempt, text=delta.text))
-                    elif delta.type == "input_json_delta" and event.index in blocks:
-                        blocks[event.index]["args"].append(delta.partial_json)
-                        if on_delta is not None:
-                            on_delta(
-                                StreamDelta(
-                                    attempt=attempt,
-                                    tool_call_index=event.index,
-                                    arguments_fragment=delta.partial_json,
-                                )
-                            )
-                elif kind == "message_delta":
-                    stop = event.delta.stop_reason or stop
-                    if event.usage is not None and event.usage.output_tokens is not None:
-                        output_tokens = event.usage.output_tokens
-                elif kind == "message_stop":
-                    stopped = True
+                try:
+                    state.take(event, on_delta, attempt)
+                except (KeyError, TypeError, AttributeError, IndexError) as exc:
+                    raise malformed(exc) from exc
         finally:
             await stream.close()
+        return state.result()
+
+
+class _StreamState:
+    """A Messages stream read event by event into one answer (or a truncation)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.text: list[str] = []
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.stop: str | None = None
+        self.stopped = False
+        self.input_tokens = self.cached = self.output_tokens = 0
+
+    def take(self, event: dict[str, Any], on_delta: OnDelta | None, attempt: int) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event["message"]
+            self.model = message.get("model") or self.model
+            usage = message.get("usage") or {}
+            self.cached = usage.get("cache_read_input_tokens") or 0
+            created = usage.get("cache_creation_input_tokens") or 0
+            self.input_tokens = (usage.get("input_tokens") or 0) + self.cached + created
+            self.output_tokens = usage.get("output_tokens") or 0
+        elif kind == "content_block_start":
+            block = event["content_block"]
+            if block.get("type") == "tool_use":
+                index = event["index"]
+                self.blocks[index] = {"id": block["id"], "name": block["name"], "args": []}
+                if on_delta is not None:
+                    on_delta(
+                        StreamDelta(
+                            attempt=attempt,
+                            tool_call_index=index,
+                            tool_call_id=block["id"],
+                            tool_name=block["name"],
+                        )
+                    )
+        elif kind == "content_block_delta":
+            delta = event["delta"]
+            if delta.get("type") == "text_delta":
+                self.text.append(delta["text"])
+                if on_delta is not None:
+                    on_delta(StreamDelta(attempt=attempt, text=delta["text"]))
+            elif delta.get("type") == "input_json_delta" and event.get("index") in self.blocks:
+                self.blocks[event["index"]]["args"].append(delta["partial_json"])
+                if on_delta is not None:
+                    on_delta(
+                        StreamDelta(
+                            attempt=attempt,
+                            tool_call_index=event["index"],
+                            arguments_fragment=delta["partial_json"],
+                        )
+                    )
+        elif kind == "message_delta":
+            self.stop = (event.get("delta") or {}).get("stop_reason") or self.stop
+            usage = event.get("usage") or {}
+            if usage.get("output_tokens") is not None:
+                self.output_tokens = usage["output_tokens"]
+        elif kind == "message_stop":
+            self.stopped = True
+
+    def result(self) -> ProviderResult:
         usage = Usage(
-            input_tokens=input_tokens, output_tokens=output_tokens, cached_input_tokens=cached
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_input_tokens=self.cached,
         )
-        if not stopped or stop is None:
+        if not self.stopped or self.stop is None:
             raise truncated("message_stop event", usage)
         tool_calls = tuple(
-            _tool_call(b["id"], b["name"], "".join(b["args"])) for _, b in sorted(blocks.items())
+            _tool_call(b["id"], b["name"], "".join(b["args"]))
+            for _, b in sorted(self.blocks.items())
         )
-        return _finished("".join(text), tool_calls, stop, usage, model)
+        return _finished("".join(self.text), tool_calls, self.stop, usage, self.model)
 
 
 def _request(model: str, request: LLMRequest) -> dict[str, Any]:
@@ -201,31 +230,31 @@ def _tool_call(call_id: str, name: str, raw: str) -> ToolCall:
     )
 
 
-def _result(response: Any, model: str) -> ProviderResult:
-    content = getattr(response, "content", None)
+def _result(data: Any, model: str) -> ProviderResult:
+    content = data.get("content")
     if content is None:
         raise ProviderError(ErrorClass.MALFORMED_RESPONSE, "the answer holds no content")
     text: list[str] = []
     calls: list[ToolCall] = []
     for block in content:
-        if block.type == "text":
-            text.append(block.text)
-        elif block.type == "tool_use":
-            raw = block.input
+        if block.get("type") == "text":
+            text.append(block["text"])
+        elif block.get("type") == "tool_use":
+            raw = block.get("input")
             if isinstance(raw, dict):
-                calls.append(ToolCall(id=block.id, name=block.name, arguments=raw))
+                calls.append(ToolCall(id=block["id"], name=block["name"], arguments=raw))
             else:  # not an object: hand the model its own text back to fix
-                calls.append(_tool_call(block.id, block.name, _as_text(raw)))
-    u = response.usage
-    cached = getattr(u, "cache_read_input_tokens", None) or 0
-    created = getattr(u, "cache_creation_input_tokens", None) or 0
+                calls.append(_tool_call(block["id"], block["name"], _as_text(raw)))
+    u = data.get("usage") or {}
+    cached = u.get("cache_read_input_tokens") or 0
+    created = u.get("cache_creation_input_tokens") or 0
     usage = Usage(
-        input_tokens=(u.input_tokens or 0) + cached + created,
-        output_tokens=u.output_tokens or 0,
+        input_tokens=(u.get("input_tokens") or 0) + cached + created,
+        output_tokens=u.get("output_tokens") or 0,
         cached_input_tokens=cached,
     )
-    stop = response.stop_reason or ("tool_use" if calls else "end_turn")
-    return _finished("".join(text), tuple(calls), stop, usage, response.model or model)
+    stop = data.get("stop_reason") or ("tool_use" if calls else "end_turn")
+    return _finished("".join(text), tuple(calls), stop, usage, data.get("model") or model)
 
 
 def _as_text(raw: object) -> str:

@@ -17,9 +17,10 @@ from kernos.gateway._provider import (
     OnDelta,
     ProviderError,
     ProviderResult,
+    malformed,
     truncated,
 )
-from kernos.gateway._sdk import SdkProvider
+from kernos.gateway._sdk import JsonObject, SdkProvider, parse_shape
 from kernos.gateway._types import (
     ErrorClass,
     FinishReason,
@@ -31,6 +32,7 @@ from kernos.gateway._types import (
     parse_arguments,
 )
 
+_PATH = "/chat/completions"
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -52,10 +54,10 @@ class OpenAIProvider(SdkProvider):
     async def _plain(
         self, kwargs: dict[str, Any], timeout: float, headers: dict[str, str], model: str
     ) -> ProviderResult:
-        response = await self._client.chat.completions.create(
-            **kwargs, timeout=timeout, extra_headers=headers
+        data = await self._client.post(
+            _PATH, cast_to=JsonObject, body=kwargs, options={"timeout": timeout, "headers": headers}
         )
-        return _result(response, model)
+        return parse_shape(_result, data, model)
 
     async def _stream(
         self,
@@ -65,12 +67,13 @@ class OpenAIProvider(SdkProvider):
         on_delta: OnDelta | None,
         attempt: int,
     ) -> ProviderResult:
-        stream = await self._client.chat.completions.create(
-            **kwargs,
+        stream = await self._client.post(
+            _PATH,
+            cast_to=JsonObject,
+            body={**kwargs, "stream": True, "stream_options": {"include_usage": True}},
+            options={"timeout": timeout, "headers": headers},
             stream=True,
-            stream_options={"include_usage": True},
-            timeout=timeout,
-            extra_headers=headers,
+            stream_cls=openai.AsyncStream[JsonObject],
         )
         text: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
@@ -79,38 +82,26 @@ class OpenAIProvider(SdkProvider):
         model = kwargs["model"]
         try:
             async for chunk in stream:
-                model = chunk.model or model
-                if chunk.usage is not None:
-                    usage = _usage(chunk.usage)
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                delta = choice.delta
-                if delta is not None and delta.content:
-                    text.append(delta.content)
-                    if on_delta is not None:
-                        on_delta(StreamDelta(attempt=attempt, text=delta.content))
-                for fragment in (delta.tool_calls or []) if delta is not None else []:
-                    call = calls.setdefault(fragment.index, {"id": "", "name": "", "args": []})
-                    fn = fragment.function
-                    if fragment.id:
-                        call["id"] = fragment.id
-                    if fn is not None and fn.name:
-                        call["name"] = fn.name
-                    if fn is not None and fn.arguments:
-                        call["args"].append(fn.arguments)
-                    if on_delta is not None:
-                        on_delta(
-                            StreamDelta(
-                                attempt=attempt,
-                                tool_call_index=fragment.index,
-                                tool_call_id=fragment.id,
-                                tool_name=fn.name if fn is not None else None,
-                                arguments_fragment=(fn.arguments or "") if fn is not None else "",
-                            )
-                        )
-                if choice.finish_reason:
-                    finish = choice.finish_reason
+                try:
+                    model = chunk.get("model") or model
+                    if chunk.get("usage"):
+                        usage = _usage(chunk["usage"])
+                    choices = chunk.get("choices")
+                    if not choices:
+                        continue
+                    choice = choices[0]
+                    delta = choice.get("delta") or {}
+                    content = delta.get("content")
+                    if content:
+                        text.append(content)
+                        if on_delta is not None:
+                            on_delta(StreamDelta(attempt=attempt, text=content))
+                    for fragment in delta.get("tool_calls") or ():
+                        _add_fragment(calls, fragment, on_delta, attempt)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                except (KeyError, TypeError, AttributeError, IndexError) as exc:
+                    raise malformed(exc) from exc
         finally:
             await stream.close()
         if finish is None:
@@ -120,6 +111,34 @@ class OpenAIProvider(SdkProvider):
             for i, c in sorted(calls.items())
         )
         return _finished("".join(text), tool_calls, finish, usage, model)
+
+
+def _add_fragment(
+    calls: dict[int, dict[str, Any]],
+    fragment: dict[str, Any],
+    on_delta: OnDelta | None,
+    attempt: int,
+) -> None:
+    """One streamed piece of a tool call: its id and name come first, arguments in parts."""
+    index = int(fragment.get("index") or 0)
+    call = calls.setdefault(index, {"id": "", "name": "", "args": []})
+    fn = fragment.get("function") or {}
+    if fragment.get("id"):
+        call["id"] = fragment["id"]
+    if fn.get("name"):
+        call["name"] = fn["name"]
+    if fn.get("arguments"):
+        call["args"].append(fn["arguments"])
+    if on_delta is not None:
+        on_delta(
+            StreamDelta(
+                attempt=attempt,
+                tool_call_index=index,
+                tool_call_id=fragment.get("id"),
+                tool_name=fn.get("name"),
+                arguments_fragment=fn.get("arguments") or "",
+            )
+        )
 
 
 def _request(model: str, request: LLMRequest) -> dict[str, Any]:
@@ -172,28 +191,32 @@ def _tool_call(call_id: str, name: str, raw: str) -> ToolCall:
 
 
 def _usage(u: Any) -> Usage:
-    details = getattr(u, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) or 0
+    details = u.get("prompt_tokens_details") or {}
     return Usage(
-        input_tokens=u.prompt_tokens or 0,
-        output_tokens=u.completion_tokens or 0,
-        cached_input_tokens=cached,
+        input_tokens=u.get("prompt_tokens") or 0,
+        output_tokens=u.get("completion_tokens") or 0,
+        cached_input_tokens=details.get("cached_tokens") or 0,
     )
 
 
-def _result(response: Any, model: str) -> ProviderResult:
-    if not getattr(response, "choices", None):
+def _result(data: Any, model: str) -> ProviderResult:
+    choices = data.get("choices")
+    if not choices:
         raise ProviderError(ErrorClass.MALFORMED_RESPONSE, "the answer holds no choices")
-    choice = response.choices[0]
-    message = choice.message
+    choice = choices[0]
+    message = choice.get("message") or {}
     tool_calls = tuple(
-        _tool_call(c.id, c.function.name, c.function.arguments or "")
-        for c in (message.tool_calls or [])
-        if getattr(c, "function", None) is not None
+        _tool_call(
+            c.get("id") or "", c["function"].get("name") or "", c["function"].get("arguments") or ""
+        )
+        for c in message.get("tool_calls") or ()
+        if c.get("function")
     )
-    usage = _usage(response.usage) if response.usage is not None else Usage()
-    finish = choice.finish_reason or ("tool_calls" if tool_calls else "stop")
-    return _finished(message.content or "", tool_calls, finish, usage, response.model or model)
+    usage = _usage(data["usage"]) if data.get("usage") else Usage()
+    finish = choice.get("finish_reason") or ("tool_calls" if tool_calls else "stop")
+    return _finished(
+        message.get("content") or "", tool_calls, finish, usage, data.get("model") or model
+    )
 
 
 def _finished(
