@@ -17,10 +17,9 @@ from kernos.gateway._provider import (
     OnDelta,
     ProviderError,
     ProviderResult,
-    malformed,
     truncated,
 )
-from kernos.gateway._sdk import JsonObject, SdkProvider, parse_shape
+from kernos.gateway._sdk import SdkProvider, StreamReader
 from kernos.gateway._types import (
     ErrorClass,
     FinishReason,
@@ -33,7 +32,6 @@ from kernos.gateway._types import (
 )
 
 DEFAULT_MAX_TOKENS = 4096
-_PATH = "/v1/messages"
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -50,44 +48,16 @@ class AnthropicProvider(SdkProvider):
 
     sdk = anthropic
     client_class = anthropic.AsyncAnthropic
+    path = "/v1/messages"
 
     def _request(self, model: str, request: LLMRequest) -> dict[str, Any]:
         return _request(model, request)
 
-    async def _plain(
-        self, kwargs: dict[str, Any], timeout: float, headers: dict[str, str], model: str
-    ) -> ProviderResult:
-        data = await self._client.post(
-            _PATH, cast_to=JsonObject, body=kwargs, options={"timeout": timeout, "headers": headers}
-        )
-        return parse_shape(_result, data, model)
+    def _answer(self, data: Any, model: str) -> ProviderResult:
+        return _result(data, model)
 
-    async def _stream(
-        self,
-        kwargs: dict[str, Any],
-        timeout: float,
-        headers: dict[str, str],
-        on_delta: OnDelta | None,
-        attempt: int,
-    ) -> ProviderResult:
-        stream = await self._client.post(
-            _PATH,
-            cast_to=JsonObject,
-            body={**kwargs, "stream": True},
-            options={"timeout": timeout, "headers": headers},
-            stream=True,
-            stream_cls=anthropic.AsyncStream[JsonObject],
-        )
-        state = _StreamState(kwargs["model"])
-        try:
-            async for event in stream:
-                try:
-                    state.take(event, on_delta, attempt)
-                except (KeyError, TypeError, AttributeError, IndexError) as exc:
-                    raise malformed(exc) from exc
-        finally:
-            await stream.close()
-        return state.result()
+    def _reader(self, model: str) -> StreamReader:
+        return _StreamState(model)
 
 
 class _StreamState:

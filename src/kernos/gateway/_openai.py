@@ -8,7 +8,7 @@ request per attempt (``max_retries=0``).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 
@@ -17,10 +17,9 @@ from kernos.gateway._provider import (
     OnDelta,
     ProviderError,
     ProviderResult,
-    malformed,
     truncated,
 )
-from kernos.gateway._sdk import JsonObject, SdkProvider, parse_shape
+from kernos.gateway._sdk import SdkProvider, StreamReader
 from kernos.gateway._types import (
     ErrorClass,
     FinishReason,
@@ -32,7 +31,6 @@ from kernos.gateway._types import (
     parse_arguments,
 )
 
-_PATH = "/chat/completions"
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -47,70 +45,60 @@ class OpenAIProvider(SdkProvider):
 
     sdk = openai
     client_class = openai.AsyncOpenAI
+    path = "/chat/completions"
+
+    stream_body: ClassVar[dict[str, Any]] = {
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
     def _request(self, model: str, request: LLMRequest) -> dict[str, Any]:
         return _request(model, request)
 
-    async def _plain(
-        self, kwargs: dict[str, Any], timeout: float, headers: dict[str, str], model: str
-    ) -> ProviderResult:
-        data = await self._client.post(
-            _PATH, cast_to=JsonObject, body=kwargs, options={"timeout": timeout, "headers": headers}
-        )
-        return parse_shape(_result, data, model)
+    def _answer(self, data: Any, model: str) -> ProviderResult:
+        return _result(data, model)
 
-    async def _stream(
-        self,
-        kwargs: dict[str, Any],
-        timeout: float,
-        headers: dict[str, str],
-        on_delta: OnDelta | None,
-        attempt: int,
-    ) -> ProviderResult:
-        stream = await self._client.post(
-            _PATH,
-            cast_to=JsonObject,
-            body={**kwargs, "stream": True, "stream_options": {"include_usage": True}},
-            options={"timeout": timeout, "headers": headers},
-            stream=True,
-            stream_cls=openai.AsyncStream[JsonObject],
-        )
-        text: list[str] = []
-        calls: dict[int, dict[str, Any]] = {}
-        finish: str | None = None
-        usage = Usage()
-        model = kwargs["model"]
-        try:
-            async for chunk in stream:
-                try:
-                    model = chunk.get("model") or model
-                    if chunk.get("usage"):
-                        usage = _usage(chunk["usage"])
-                    choices = chunk.get("choices")
-                    if not choices:
-                        continue
-                    choice = choices[0]
-                    delta = choice.get("delta") or {}
-                    content = delta.get("content")
-                    if content:
-                        text.append(content)
-                        if on_delta is not None:
-                            on_delta(StreamDelta(attempt=attempt, text=content))
-                    for fragment in delta.get("tool_calls") or ():
-                        _add_fragment(calls, fragment, on_delta, attempt)
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-                except (KeyError, TypeError, AttributeError, IndexError) as exc:
-                    raise malformed(exc) from exc
-        finally:
-            await stream.close()
-        if finish is None:
-            raise truncated("finish reason", usage)
+    def _reader(self, model: str) -> StreamReader:
+        return _StreamState(model)
+
+
+class _StreamState:
+    """A Chat Completions stream read chunk by chunk into one answer (or a truncation)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish: str | None = None
+        self.usage = Usage()
+
+    def take(self, chunk: dict[str, Any], on_delta: OnDelta | None, attempt: int) -> None:
+        self.model = chunk.get("model") or self.model
+        if chunk.get("usage"):
+            self.usage = _usage(chunk["usage"])
+        choices = chunk.get("choices")
+        if not choices:
+            return
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if content:
+            self.text.append(content)
+            if on_delta is not None:
+                on_delta(StreamDelta(attempt=attempt, text=content))
+        for fragment in delta.get("tool_calls") or ():
+            _add_fragment(self.calls, fragment, on_delta, attempt)
+        if choice.get("finish_reason"):
+            self.finish = choice["finish_reason"]
+
+    def result(self) -> ProviderResult:
+        if self.finish is None:
+            raise truncated("finish reason", self.usage)
         tool_calls = tuple(
             _tool_call(c["id"] or f"call_{i}", c["name"], "".join(c["args"]))
-            for i, c in sorted(calls.items())
+            for i, c in sorted(self.calls.items())
         )
-        return _finished("".join(text), tool_calls, finish, usage, model)
+        return _finished("".join(self.text), tool_calls, self.finish, self.usage, self.model)
 
 
 def _add_fragment(

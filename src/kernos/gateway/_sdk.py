@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from kernos.gateway._provider import (
     LLMRequest,
@@ -32,6 +32,15 @@ from kernos.gateway._types import ErrorClass
 
 #: what the SDK hands back for a JSON answer or stream event
 JsonObject = dict[str, Any]
+_SHAPE_ERRORS = (KeyError, TypeError, AttributeError, IndexError)
+
+
+class StreamReader(Protocol):
+    """One stream's events read into one answer (or a truncation, if it ends early)."""
+
+    def take(self, event: JsonObject, on_delta: OnDelta | None, attempt: int) -> None: ...
+
+    def result(self) -> ProviderResult: ...
 
 
 def parse_shape(
@@ -40,7 +49,7 @@ def parse_shape(
     """``parse(data, model)``, where an answer of the wrong shape is a malformed response."""
     try:
         return parse(data, model)
-    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+    except _SHAPE_ERRORS as exc:
         raise malformed(exc) from exc
 
 
@@ -50,6 +59,9 @@ class SdkProvider:
     #: the SDK module whose exceptions this provider translates, and its async client class
     sdk: ModuleType
     client_class: Any
+    #: the endpoint, under the base URL; what a streamed request adds to the body
+    path: str
+    stream_body: ClassVar[dict[str, Any]] = {"stream": True}
 
     def __init__(
         self,
@@ -99,10 +111,23 @@ class SdkProvider:
     def _request(self, model: str, request: LLMRequest) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _answer(self, data: Any, model: str) -> ProviderResult:
+        """A plain answer's JSON read into a result."""
+        raise NotImplementedError
+
+    def _reader(self, model: str) -> StreamReader:
+        raise NotImplementedError
+
     async def _plain(
         self, kwargs: dict[str, Any], timeout: float, headers: dict[str, str], model: str
     ) -> ProviderResult:
-        raise NotImplementedError
+        data = await self._client.post(
+            self.path,
+            cast_to=JsonObject,
+            body=kwargs,
+            options={"timeout": timeout, "headers": headers},
+        )
+        return parse_shape(self._answer, data, model)
 
     async def _stream(
         self,
@@ -112,7 +137,24 @@ class SdkProvider:
         on_delta: OnDelta | None,
         attempt: int,
     ) -> ProviderResult:
-        raise NotImplementedError
+        stream = await self._client.post(
+            self.path,
+            cast_to=JsonObject,
+            body={**kwargs, **self.stream_body},
+            options={"timeout": timeout, "headers": headers},
+            stream=True,
+            stream_cls=self.sdk.AsyncStream[JsonObject],
+        )
+        reader = self._reader(kwargs["model"])
+        try:
+            async for event in stream:
+                try:
+                    reader.take(event, on_delta, attempt)
+                except _SHAPE_ERRORS as exc:
+                    raise malformed(exc) from exc
+        finally:
+            await stream.close()
+        return reader.result()
 
     def _classify(self, exc: Exception, timeout: float) -> ProviderError | None:
         sdk = self.sdk
