@@ -236,3 +236,17 @@ def test_schedules_and_db_commands(kernos: Kernos) -> None:
     assert dup.returncode == 2 and "exists already" in dup.stderr
     kernos("schedule", "remove", "nightly")
     assert kernos.json("schedule", "list") == []
+
+
+def test_data_that_looks_like_markup_is_printed_as_it_is(kernos: Kernos) -> None:
+    """A run's input, output or error with ``[bold]`` or ``[/oops]`` in it must neither crash
+    a command nor lose text: the CLI prints data, not rich markup."""
+    kernos("db", "migrate")
+    text = "see [bold]this[/bold] and [/oops] and [routes]"
+    started = kernos("run", "refund", "--app", "examples.refund", "--input", json.dumps(text))
+    run_id = started.stdout.strip()
+    for args in (["inspect", run_id], ["inspect", run_id, "--json"], ["runs", "--json"]):
+        done = kernos(*args)
+        assert "[/oops]" in done.stdout and "Traceback" not in done.stderr
+    trace = kernos("trace", run_id, "--json")
+    assert "[/oops]" in trace.stdout

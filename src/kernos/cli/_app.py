@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kernos.errors import ConfigError, InfrastructureError, KernosError, UsageError
 from kernos.gateway import GROUPS, cost_report, default_services
@@ -45,6 +46,7 @@ from ._render import (
     event_dict,
     inspect_view,
     log_line,
+    output_width,
     parse_since,
     run_dict,
     runs_table,
@@ -68,8 +70,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(sim_app, name="sim")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Data (inputs, outputs, errors, journal payloads) is printed as it is: never read as rich
+# markup, where a "[/x]" in a run's input would crash the command or vanish from its output.
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False, width=output_width())
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, width=output_width())
 
 T = TypeVar("T")
 
@@ -110,10 +114,10 @@ def command(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
             result: T = asyncio.run(coro)
             return result
         except KernosError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(_exit_code(exc)) from None
         except TimeoutError as exc:
-            err.print(f"[bold red]timeout:[/] {exc}")
+            err.print(f"[bold red]timeout:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -187,7 +191,8 @@ async def run(
         else:
             error = json.loads(ended.error) if ended.error else {}
             err.print(
-                f"[bold red]run {ended.id} {ended.state.value}:[/] {error.get('message', '')}"
+                f"[bold red]run {ended.id} {ended.state.value}:[/] "
+                f"{escape(str(error.get('message', '')))}"
             )
         if ended.state != RunState.COMPLETED:
             raise typer.Exit(1)
@@ -361,6 +366,8 @@ def worker(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for chatty in ("httpx", "httpx2", "httpcore"):  # a line per provider request at INFO
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
     try:
         settings = load_settings()
         module = app_module or settings.app
@@ -382,7 +389,7 @@ def worker(
         services = default_services()  # kernos.toml: a bad file stops the worker here
         asyncio.run(_run_worker(database or settings.database_url, settings, config, services))
     except KernosError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(_exit_code(exc)) from None
 
 
@@ -395,7 +402,7 @@ async def _run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)
     agents = ", ".join(f"{n}@{v}" for n, v in REGISTRY.keys())
-    err.print(f"[bold]kernos worker[/] {w.id} on {client.store.url}: {agents}")
+    err.print(f"[bold]kernos worker[/] {escape(f'{w.id} on {client.store.url}: {agents}')}")
     try:
         await w.run()
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -343,3 +345,11 @@ def costs_table(lines: Sequence[CostLine], by: str) -> Table:
             str(sum(x.events for x in lines)),
         )
     return table
+
+
+def output_width() -> int | None:
+    """Rich's width: the terminal's, or ``COLUMNS``; piped without either (CI, ``| less``), wide
+    enough that a trace line is not cut at 80 columns."""
+    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+        return None
+    return 160

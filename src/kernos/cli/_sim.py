@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kernos.errors import InvalidInput
@@ -40,7 +41,7 @@ sim_app = typer.Typer(
 faults_app = typer.Typer(help="Fault rules of a running simulator.", no_args_is_help=True)
 sim_app.add_typer(faults_app, name="faults")
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 UrlOpt = Annotated[
@@ -60,7 +61,7 @@ DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code)
 
 
