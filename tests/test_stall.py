@@ -111,15 +111,19 @@ async def test_postgres_stall_longer_than_the_lease(
     workers = Workers(tmp_path)
     with TcpProxy() as proxy_a, TcpProxy() as proxy_b:
         try:
+            # half the runs each at most: otherwise whichever worker wins the first claims can
+            # take all 20 and leave A nothing to be stalled in the middle of
             a = workers.start(
                 _with_io_timeout(proxy_a.url(pg_url), IO_TIMEOUT),
                 app="stall_app.py",
                 lease_ttl=LEASE_TTL,
+                concurrency=RUNS // 2,
             )
             b = workers.start(
                 _with_io_timeout(proxy_b.url(pg_url), IO_TIMEOUT),
                 app="stall_app.py",
                 lease_ttl=LEASE_TTL,
+                concurrency=RUNS // 2,
             )
             await wait_until(
                 lambda: "kernos worker" in a.output() and "kernos worker" in b.output(),
