@@ -116,6 +116,10 @@ def steps_of(events: list[Event]) -> list[StepSummary]:
             s.error = f"{err.get('type', '?').rsplit('.', 1)[-1]}: {err.get('message', '')}"
         if ev.type in ("llm_attempt", "llm_failed"):
             s.error = f"{ev.payload.get('error_class')}: {ev.payload.get('error') or ''}"[:200]
+        if ev.type == "llm_completed":
+            r = ev.payload.get("response", {})
+            s.error = None  # answered: earlier attempts' errors are in the trace
+            s.name = f"{s.name} -> {r.get('provider')}:{r.get('model')} ${r.get('cost', 0):.6f}"
         if ev.type == "child_result" and ev.payload.get("state") != "completed":
             s.status = ev.payload.get("state", "failed")
     return [steps[k] for k in sorted(steps)]
@@ -184,7 +188,7 @@ def inspect_view(run: Run, events: list[Event]) -> Table:
             s.kind,
             s.name,
             s.status,
-            str(s.attempts) if s.kind == "step" else "",
+            str(s.attempts) if s.kind in ("step", "llm") else "",
             _ms(s.duration),
             s.error or "",
         )

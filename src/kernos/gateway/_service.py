@@ -9,6 +9,7 @@ from the call's first attempt, or the config's) turns that wait into ``ProviderU
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -95,13 +96,19 @@ class LLMService:
         return response
 
 
-def default_services(config: GatewayConfig | None = None) -> dict[str, CallService]:
+def default_services(
+    config: GatewayConfig | None = None, *, env: Mapping[str, str] = os.environ
+) -> dict[str, CallService]:
     """The services a worker needs for ``ctx.llm``, from ``config`` or kernos.toml.
 
-    Loads the configuration now, so that a bad file fails the worker at start (with the file,
-    the key and what is wrong) rather than the first run that calls a model.
+    Loads the configuration now, and checks that every provider a route uses has its API key in
+    the environment, so that a bad file or a missing key fails the worker at start (saying what
+    to fix) rather than the first run that calls a model.
     """
-    gateway = Gateway(config if config is not None else load_config())
+    config = config if config is not None else load_config()
+    for name in sorted({e.provider for chain in config.routes.values() for e in chain}):
+        config.provider(name).api_key(env)
+    gateway = Gateway(config)
     if gateway.config.routes:
         # kernos.toml sets up models: this worker will call them. (The SDKs cost ~55 MB of
         # memory; a worker without configured routes imports them on its first call only.)
