@@ -383,3 +383,25 @@ async def test_a_down_route_is_retried_when_its_soonest_model_may_answer(
         assert sim.log("oa") == []  # its breaker kept the dead primary out of it
     finally:
         await gateway.aclose()
+
+
+async def test_an_attempt_that_opens_the_breaker_is_journaled_as_a_fallback(
+    sim: SimServer, make_config: ConfigFactory
+) -> None:
+    """The journal says what the gateway did next: not "retry" when the breaker just shut the
+    model out."""
+    gateway = Gateway(make_config(max_attempts=3, breaker_threshold=2, breaker_cooldown=5.0))
+    seen: list[Attempt] = []
+
+    async def record(a: Attempt) -> None:
+        seen.append(a)
+
+    try:
+        sim.add_fault("oa", Fault(kind="server_error"))
+        with pytest.raises(RouteDown) as down:
+            await gateway.attempt_call(OA, build_request(HELLO, None, {}), on_attempt=record)
+    finally:
+        await gateway.aclose()
+    assert [a.then for a in seen] == ["retry", "fallback"]
+    assert seen[1].delay is None
+    assert down.value.retry_at - time.time() > 4  # the breaker's probe time

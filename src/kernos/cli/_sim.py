@@ -9,6 +9,7 @@ error (fix the command) and 3 when the simulator cannot be reached (start it, or
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -88,6 +89,8 @@ def sim(
     """Run the simulator in the foreground; Ctrl-C or SIGTERM stops it."""
     if ctx.invoked_subcommand is not None:
         return
+    if seed is None:  # drawn, and printed, so that an interesting run can be replayed
+        seed = secrets.randbelow(1 << 31)
     simulator = Simulator(seed=seed)
     try:
         for spec in fault or []:

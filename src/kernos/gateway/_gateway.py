@@ -225,6 +225,12 @@ class Gateway:
                             time.monotonic() + exc.retry_after
                         )
                     then, delay, wait = self._next_move(exc, tries[key], give_up_at)
+                    if then == "retry" and breaker.state == "open":
+                        # this failure opened the breaker: the model is out until its probe
+                        then, delay = "fallback", None
+                        wait = max(
+                            wait, (breaker.retry_at() or time.monotonic()) - time.monotonic()
+                        )
                     if then == "fallback" and exc.error_class.retryable:
                         # this model may answer again after its backoff: a down route is
                         # retried then, not only when some breaker half-opens
