@@ -198,12 +198,17 @@ async def test_a_worker_killed_during_a_backoff_resumes_the_call_with_its_histor
     assert done.state == RunState.COMPLETED, (done.error, workers.logs())
     assert output_of(done) == {"text": "sim reply to: hello", "attempts": 2, "provider": "an"}
     log = sim.log("an")
-    assert [e.status for e in log] == [429, 200]  # attempt 1 was not forgotten nor repeated
-    assert log[1].arrived_monotonic - log[0].arrived_monotonic >= 4.0  # retry-after honoured
     events = await ask_client.journal(run.id)
+    claims = [e.type for e in events].count("run_claimed")
+    # attempt 1 was not forgotten nor repeated: one 429, then the answer. (On a loaded machine
+    # the successor can lose its 1 s lease while it waits; each later claim may ask once more,
+    # with the same idempotency key, and still resumes from the journaled attempt.)
+    assert log[0].status == 429 and all(e.status == 200 for e in log[1:])
+    assert 1 <= len(log) - 1 <= claims - 1, (len(log), claims)
+    assert log[1].arrived_monotonic - log[0].arrived_monotonic >= 4.0  # retry-after honoured
+    assert {e.headers.get("idempotency-key") for e in log} == {f"{run.id}:1"}
     attempts = [e for e in events if e.type == "llm_attempt"]
     assert len(attempts) == 1 and attempts[0].payload["delay"] >= 4.0
-    assert [e.type for e in events].count("run_claimed") == 2
 
 
 async def _state_is(client: Client, run_id: str, state: RunState) -> bool:
