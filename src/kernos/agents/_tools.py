@@ -41,7 +41,9 @@ class Tool:
     idempotent: bool = False
     #: seconds one call may take (None: no limit of its own)
     timeout: float | None = None
-    _arguments: type[BaseModel] = field(repr=False, default=BaseModel)
+    #: validates the model's arguments; built from the signature for a Python function,
+    #: from the server's JSON schema for an MCP tool. None: passed on as they are.
+    check: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(repr=False, default=None)
 
     @property
     def spec(self) -> ToolSpec:
@@ -50,11 +52,9 @@ class Tool:
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments as the function's parameters, or ``ToolArgumentsInvalid``."""
-        try:
-            parsed = self._arguments.model_validate(dict(arguments))
-        except ValidationError as exc:
-            raise ToolArgumentsInvalid(_for_the_model(self.name, exc)) from None
-        return {name: getattr(parsed, name) for name in type(parsed).model_fields}
+        if self.check is None:
+            return dict(arguments)
+        return self.check(arguments)
 
     async def invoke(self, arguments: Mapping[str, Any]) -> Any:
         """Validate and call: an async function is awaited, a sync one runs on a thread (it
@@ -133,8 +133,21 @@ def as_tool(
         parameters=_schema(arguments),
         idempotent=idempotent,
         timeout=timeout,
-        _arguments=arguments,
+        check=_checker(tool_name, arguments),
     )
+
+
+def _checker(
+    name: str, model: type[BaseModel]
+) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    def check(arguments: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            parsed = model.model_validate(dict(arguments))
+        except ValidationError as exc:
+            raise ToolArgumentsInvalid(_for_the_model(name, exc)) from None
+        return {field: getattr(parsed, field) for field in type(parsed).model_fields}
+
+    return check
 
 
 def _arguments_model(
