@@ -188,6 +188,13 @@ PUBLIC_API = {
     "ToolCall",
     "ToolSpec",
     "Usage",
+    "Agent",
+    "AgentFailed",
+    "Tool",
+    "ToolCallFailed",
+    "ToolRefused",
+    "as_tool",
+    "tool",
 }
 
 

@@ -4,7 +4,9 @@ Runs are durable (a run is its journal, replayed after any crash), owned by one 
 traced event by event, and able to wait for days at no cost. See README.md and DESIGN.md.
 """
 
+from kernos.agents import Agent, Tool, as_tool, tool
 from kernos.errors import (
+    AgentFailed,
     AgentNotFound,
     Cancelled,
     ChildRunFailed,
@@ -25,6 +27,8 @@ from kernos.errors import (
     StepFailed,
     StoreFull,
     StoreUnavailable,
+    ToolCallFailed,
+    ToolRefused,
     UsageError,
 )
 from kernos.gateway import (
@@ -54,6 +58,8 @@ from kernos.store import Event, Run, RunState
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agent",
+    "AgentFailed",
     "AgentNotFound",
     "Cancelled",
     "ChildHandle",
@@ -85,7 +91,10 @@ __all__ = [
     "StepFailed",
     "StoreFull",
     "StoreUnavailable",
+    "Tool",
     "ToolCall",
+    "ToolCallFailed",
+    "ToolRefused",
     "ToolSpec",
     "Usage",
     "UsageError",
@@ -93,8 +102,10 @@ __all__ = [
     "WorkerConfig",
     "__version__",
     "agent",
+    "as_tool",
     "connect",
     "default_services",
     "idempotency_key",
     "retry",
+    "tool",
 ]

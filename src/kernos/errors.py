@@ -15,8 +15,11 @@ Every error says what happened, why, and what to do. The tree splits by who has 
     │   ├── StepFailed          a step exhausted its attempts
     │   ├── DeterminismError    replayed code asked for a different step than the journal holds
     │   ├── ChildRunFailed      a child run ended failed or cancelled
-    │   └── LLMCallFailed       every model of a route failed or refused a call
-    │       └── ProviderUnavailable   no provider answered before the call's deadline
+    │   ├── LLMCallFailed       every model of a route failed or refused a call
+    │   │   └── ProviderUnavailable   no provider answered before the call's deadline
+    │   ├── ToolCallFailed      a tool call failed (its message is worded for the model)
+    │   │   └── ToolRefused     the loop breaker would not make the call again
+    │   └── AgentFailed         an agent's tool loop could not finish (turns, output, escalation)
     └── InfrastructureError     the database is unavailable or full: retry later
         ├── StoreUnavailable
         ├── StoreFull
@@ -192,6 +195,47 @@ class ProviderUnavailable(LLMCallFailed):
     Without a deadline a run waits (state ``waiting``, waiting for: provider) until a provider
     recovers; with one, the wait ends in this error.
     """
+
+
+class ToolCallFailed(RunError):
+    """A tool call ended in an error, after any retries its tool allows.
+
+    ``for_model`` is the concise text an agent loop sends back to the model (what failed and
+    why, no traceback); the traceback is in the run's journal (``kernos trace RUN``).
+    ``kind`` is ``invalid_arguments``, ``timeout``, ``error`` or ``refused``.
+    """
+
+    def __init__(
+        self, tool: str, kind: str, for_model: str, *, error_type: str = "", attempts: int = 1
+    ) -> None:
+        self.tool = tool
+        self.kind = kind
+        self.for_model = for_model
+        self.error_type = error_type
+        self.attempts = attempts
+        super().__init__(
+            f"tool {tool!r} failed ({kind}, {attempts} attempt(s)): {for_model} "
+            f"(the journal has the traceback: kernos trace RUN)"
+        )
+
+
+class ToolRefused(ToolCallFailed):
+    """The loop breaker refused a call: the same call failed too often, or the run's tool-call
+    budget is spent. ``reason`` is ``repeated_failure`` or ``budget_exhausted``."""
+
+    def __init__(self, tool: str, reason: str, for_model: str) -> None:
+        self.reason = reason
+        super().__init__(tool, "refused", for_model, attempts=0)
+
+
+class AgentFailed(RunError):
+    """An agent's tool loop could not reach an answer: it ran out of turns, its final output
+    never validated, or it was stopped by the loop breaker with no person to escalate to."""
+
+    def __init__(self, agent: str, reason: str, message: str) -> None:
+        self.agent = agent
+        self.reason = reason
+        super().__init__(f"agent {agent!r} stopped ({reason}): {message}")
 
 
 class InfrastructureError(KernosError):

@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
+from kernos.agents._toolcall import serve_tool
 from kernos.errors import UsageError
 from kernos.gateway import ToolSpec
+from kernos.kernel import DurableCall
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what both provider families accept
 
@@ -55,6 +57,12 @@ class Tool:
         if self.check is None:
             return dict(arguments)
         return self.check(arguments)
+
+    def serve(
+        self, call: DurableCall, arguments: dict[str, Any], /, **options: Any
+    ) -> Awaitable[Any]:
+        """Serve ``ctx.tool(self, arguments)`` (see ``kernos.agents._toolcall``)."""
+        return serve_tool(self, call, arguments, **options)
 
     async def invoke(self, arguments: Mapping[str, Any]) -> Any:
         """Validate and call: an async function is awaited, a sync one runs on a thread (it
@@ -137,9 +145,7 @@ def as_tool(
     )
 
 
-def _checker(
-    name: str, model: type[BaseModel]
-) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+def _checker(name: str, model: type[BaseModel]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     def check(arguments: Mapping[str, Any]) -> dict[str, Any]:
         try:
             parsed = model.model_validate(dict(arguments))

@@ -1,6 +1,6 @@
 """The kernel layer: durable runs by replay, workers, leases, timers, messages, schedules."""
 
-from kernos.kernel._calls import CallRecord, CallService, DurableCall
+from kernos.kernel._calls import CallRecord, CallService, DurableCall, DurableTool
 from kernos.kernel._client import Client, connect, format_time, output_of
 from kernos.kernel._codec import parse_json
 from kernos.kernel._context import ChildHandle, RunContext
@@ -8,11 +8,12 @@ from kernos.kernel._execution import idempotency_key
 from kernos.kernel._faults import Faults
 from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_app
 from kernos.kernel._replay import KIND_OF as STEP_KINDS
-from kernos.kernel._retry import RetryPolicy, retry
+from kernos.kernel._retry import DEFAULT_RETRY, RetryPolicy, retry
 from kernos.kernel._settings import Settings, load_settings
 from kernos.kernel._worker import Worker, WorkerConfig
 
 __all__ = [
+    "DEFAULT_RETRY",
     "REGISTRY",
     "STEP_KINDS",
     "AgentSpec",
@@ -21,6 +22,7 @@ __all__ = [
     "ChildHandle",
     "Client",
     "DurableCall",
+    "DurableTool",
     "Faults",
     "Registry",
     "RetryPolicy",

@@ -1,4 +1,4 @@
-"""Durable calls: the kernel's primitive under ``ctx.llm`` (and, later, ``ctx.tool``).
+"""Durable calls: the kernel's primitive under ``ctx.llm`` and ``ctx.tool``.
 
 A call to an outside service has attempts, may wait for the service to recover, and ends with
 an answer or a failure. The kernel journals all of it at the call's position, but knows nothing
@@ -27,6 +27,21 @@ class CallService(Protocol):
     """What a higher layer registers with a worker to serve ``ctx.<kind>(...)`` calls."""
 
     def __call__(self, call: DurableCall, /, *args: Any, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+class DurableTool(Protocol):
+    """What ``ctx.tool`` calls: an object that serves its own durable calls.
+
+    The agents layer's ``kernos.Tool`` is one (a Python function or an MCP server's tool); the
+    kernel only gives it the call's journaled history and the run's scratch space.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def serve(
+        self, call: DurableCall, arguments: dict[str, Any], /, **options: Any
+    ) -> Awaitable[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +98,10 @@ class DurableCall:
     run_id: str
     record: CallRecord
     _write: Callable[[str, dict[str, Any], float | None, int], Awaitable[None]] = field(repr=False)
+    #: state a service keeps for the whole run during one replay of it (e.g. the loop
+    #: breaker's counts); rebuilt from scratch on each replay, so it must be derived only from
+    #: what the calls return, which replay reproduces
+    scratch: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def idempotency_key(self) -> str:

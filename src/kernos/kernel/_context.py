@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from kernos.errors import UsageError
+from kernos.kernel._calls import DurableTool
 from kernos.kernel._execution import Execution
 
 
@@ -95,6 +96,45 @@ class RunContext:
         if not isinstance(route, str) or not route:
             raise UsageError("ctx.llm needs a route name or 'provider:model' as first argument")
         return await self._x.service_call("llm", route, (route, messages, tools), params)
+
+    async def tool(
+        self, tool: DurableTool, arguments: Mapping[str, Any] | None = None, /, **options: Any
+    ) -> Any:
+        """Call ``tool`` (a ``@kernos.tool`` function or an MCP server's tool) with ``arguments``.
+
+        A journaled call: the arguments are validated first, the tool runs once (retried on a
+        transient error only if it is marked idempotent), and replay returns the recorded result
+        without calling it again. Inside the tool, ``kernos.idempotency_key()`` is stable. A
+        failure raises ``ToolCallFailed`` (its ``for_model`` text is what a model should read).
+        The same call failing again and again in this run is refused (``ToolRefused``) rather
+        than made again: see ``kernos.agents.LoopGuard``.
+        """
+        serve = getattr(tool, "serve", None)
+        name = getattr(tool, "name", None)
+        if serve is None or not isinstance(name, str):
+            raise UsageError(
+                f"ctx.tool needs a kernos tool, not {tool!r}: decorate the function with "
+                f"@kernos.tool (or wrap it: kernos.as_tool(fn))"
+            )
+        if arguments is not None and not isinstance(arguments, Mapping):
+            raise UsageError(f"the arguments of tool {name!r} must be a dict, not {arguments!r}")
+        return await self._x.call("tool", name, serve, (dict(arguments or {}),), options)
+
+    async def receive(self, topic: str) -> tuple[bool, Any]:
+        """Take the next message sent to this run on ``topic``, if there is one; never waits.
+
+        Returns ``(True, value)`` or ``(False, None)``. Journaled like every call, so replay
+        sees the same answer. To wait for a message, use ``wait_for_message``.
+        """
+        return await self._x.receive(topic)
+
+    def note(self, name: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Journal a decision the agent made (``make()``'s JSON payload) at this position.
+
+        On replay the recorded payload is returned and ``make`` is not called: a decision made
+        once (what a context compaction replaced, say) stays made, and the trace shows it.
+        """
+        return self._x.note(name, make)
 
     async def sleep(self, duration: float | timedelta) -> None:
         """Wait durably: the run is parked in the store and woken when the timer is due."""

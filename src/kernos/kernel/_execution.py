@@ -175,6 +175,7 @@ class Execution:
         self._pending: list[Event] = []
         self._cancel_sent = False
         self._inflight = 0
+        self._scratch: dict[str, Any] = {}
 
     # -- the outer loop ---------------------------------------------------------------------
 
@@ -208,6 +209,7 @@ class Execution:
         self._pos = 0
         self._pending = []
         self._cancel_sent = False
+        self._scratch = {}
         if not any(
             ev.type == "run_claimed" and ev.payload.get("token") == self.token
             for ev in self._history.events
@@ -462,6 +464,17 @@ class Execution:
                 f"worker with `kernos worker` or kernos.testing.running_worker, or pass "
                 f"services=kernos.default_services() to Worker(...)"
             )
+        return await self.call(kind, name, service, args, kwargs)
+
+    async def call(
+        self,
+        kind: str,
+        name: str,
+        service: CallService,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """A durable call of ``kind`` at the next position, served by ``service``."""
         pos, recorded = self._next(kind, name)
         record = CallRecord.of(kind, recorded)
         if record.completed is None and record.failed is None:
@@ -476,13 +489,15 @@ class Execution:
                 )
             )
 
-        call = DurableCall(kind, name, pos, self.run_id, record, write)
+        call = DurableCall(kind, name, pos, self.run_id, record, write, self._scratch)
         self._inflight += 1  # until its outcome is committed (see _suspension)
+        token = _current_key.set(call.idempotency_key)
         try:
             return await service(call, *args, **kwargs)
         except Park as p:
             parked = p
         finally:
+            _current_key.reset(token)
             self._inflight -= 1
         event = self._event(
             f"{kind}_parked",
@@ -578,7 +593,44 @@ class Execution:
         timer = Timer(pos, deadline) if deadline is not None else None
         raise self._suspension(f"message:{topic}", [], timer, MessageWait(topic))
 
-    async def _take_message(self, topic: str, pos: int) -> Message | None:
+    async def receive(self, topic: str) -> tuple[bool, Any]:
+        """Take the next message on ``topic`` if one waits; never waits for one.
+
+        Finding none is journaled too (buffered: it commits with whatever the agent writes next,
+        which is all that may depend on it), so replay sees the same empty mailbox even if a
+        message arrived since.
+        """
+        pos, recorded = self._next("receive", topic)
+        for ev in recorded:
+            if ev.type == "message_taken":
+                return True, ev.payload.get("payload")
+            if ev.type == "mailbox_empty":
+                return False, None
+        self._boundary(pos)
+        message = await self._take_message(topic, pos, event_type="message_taken")
+        if message is not None:
+            return True, parse_json(message.payload, f"message {message.id}")
+        self._buffer("mailbox_empty", step=pos, name=topic)
+        return False, None
+
+    def note(self, name: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """A fact the agent decided, journaled at its position (e.g. a context compaction).
+
+        Replay returns the recorded payload instead of calling ``make``, so what was decided
+        once stays decided even if the code that decides changes. Buffered: it commits with the
+        next write, which is the first thing that can depend on it.
+        """
+        pos, recorded = self._next("note", name)
+        if recorded:
+            return recorded[0].payload
+        self._boundary(pos)
+        payload = make()
+        self._buffer("note", step=pos, name=name, payload=payload)
+        return payload
+
+    async def _take_message(
+        self, topic: str, pos: int, *, event_type: str = "message_received"
+    ) -> Message | None:
         """Consume a waiting message, committing it with the events not yet written.
 
         With no message there, nothing is written and those events stay pending for the
@@ -590,7 +642,7 @@ class Execution:
         def make_event(m: Message) -> Event:
             return Event(
                 seq=seq,
-                type="message_received",
+                type=event_type,
                 step=pos,
                 name=topic,
                 payload={"message_id": m.id, "sender": m.sender, "payload": json.loads(m.payload)},

@@ -28,6 +28,9 @@ KIND_OF = {
     "child_spawned": "spawn",
     "child_result": "child_result",
     "value": "value",
+    "message_taken": "receive",
+    "mailbox_empty": "receive",
+    "note": "note",
     **call_kinds(),
 }
 CANCEL_DELIVERED = "cancel_delivered"

@@ -1,0 +1,361 @@
+"""The declarative ``Agent``: a tool-calling loop that is durable without trying.
+
+The loop is ordinary agent code over ``RunContext``: each model call is ``ctx.llm`` and each
+tool call ``ctx.tool``, so the conversation is rebuilt by replay after any crash (the recorded
+answers and results come back; no completed tool call runs again) and the whole loop is in the
+run's journal. What the loop adds is the policy a production agent needs:
+
+- tool calls of one turn run concurrently, each its own journaled call;
+- messages a person (or another run) sends on topic ``user`` join the conversation at the
+  next turn (``kernos send RUN user "..."``);
+- the loop breaker: a call that keeps failing is refused, the model is told why, and a model
+  that persists is escalated (to a person, or the run fails with a clear error);
+- tool output too large for the model is cut for the model, and kept whole in the journal;
+- a structured answer is validated against a pydantic model, with bounded repair turns;
+- another agent can be a tool: its call is a child run with its own journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from kernos.agents._loops import LoopGuard
+from kernos.agents._tools import Tool, as_tool
+from kernos.errors import AgentFailed, ChildRunFailed, ToolCallFailed, ToolRefused, UsageError
+from kernos.gateway import Message, ToolCall, ToolSpec
+from kernos.kernel import (
+    DEFAULT_RETRY,
+    REGISTRY,
+    AgentSpec,
+    Registry,
+    RetryPolicy,
+    RunContext,
+)
+
+#: the topic on which people and other runs add messages to a conversation
+USER_TOPIC = "user"
+
+Escalation = Literal["fail", "person"]
+
+
+class AgentTool:
+    """Another agent offered to the model as a tool: calling it starts a child run."""
+
+    def __init__(self, agent: Agent, description: str | None = None) -> None:
+        self.agent = agent
+        self.name = agent.name
+        self.description = description or agent.description
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name=self.name,
+            description=self.description,
+            parameters={
+                "type": "object",
+                "properties": {
+                    "input": {"type": "string", "description": f"What to ask {self.name}."}
+                },
+                "required": ["input"],
+                "additionalProperties": False,
+            },
+        )
+
+
+ToolLike = Tool | AgentTool | Callable[..., Any]
+
+
+class Agent:
+    """A tool-calling agent, registered under ``name`` when it is created.
+
+    Define it at module level in the app module; ``kernos run NAME --input '"..."'`` starts
+    it (a string input is the user's first message; ``{"messages": [...]}`` gives a whole
+    conversation). The run's output is the final answer's text, or, with ``output=`` a pydantic
+    model, the validated object as JSON.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        instructions: str = "",
+        *,
+        tools: Sequence[ToolLike | Agent] = (),
+        max_turns: int = 30,
+        output: type[BaseModel] | None = None,
+        max_repairs: int = 2,
+        tool_budget: int | None = None,
+        max_same_failures: int = 3,
+        escalate: Escalation = "fail",
+        max_tool_output: int = 16_000,
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+        version: str = "1",
+        max_concurrency: int | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        registry: Registry | None = None,
+    ) -> None:
+        if not name or not isinstance(name, str):
+            raise UsageError("an Agent needs a name (the name runs are started with)")
+        if not model or not isinstance(model, str):
+            raise UsageError(f"agent {name!r} needs a model: a route name or 'provider:model'")
+        if max_turns < 1:
+            raise UsageError(f"agent {name!r}: max_turns must be at least 1, not {max_turns}")
+        if max_repairs < 0 or max_tool_output < 200:
+            raise UsageError(
+                f"agent {name!r}: max_repairs must be >= 0 and max_tool_output >= 200 characters"
+            )
+        if escalate not in ("fail", "person"):
+            raise UsageError(f"agent {name!r}: escalate must be 'fail' or 'person'")
+        self.name = name
+        self.model = model
+        self.instructions = instructions
+        self.description = description or (instructions.strip().splitlines() or [name])[0]
+        self.max_turns = max_turns
+        self.output = output
+        self.max_repairs = max_repairs
+        self.tool_budget = tool_budget
+        self.max_same_failures = max_same_failures
+        self.escalate = escalate
+        self.max_tool_output = max_tool_output
+        self.params = dict(params or {})
+        self.version = version
+        self.tools = _resolve(name, tools)
+        (registry or REGISTRY).add(AgentSpec(name, version, self.run, None, max_concurrency, retry))
+
+    def as_tool(self, description: str | None = None) -> AgentTool:
+        """This agent as a tool of another agent (each call is a child run)."""
+        return AgentTool(self, description)
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r}, model={self.model!r}, tools={sorted(self.tools)})"
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, ctx: RunContext, input: Any) -> Any:
+        """The agent's code: what a worker runs (and replays) for each of its runs."""
+        guard = LoopGuard(max_same_failures=self.max_same_failures, budget=self.tool_budget)
+        messages = [*self._system(), *_first_messages(input)]
+        specs = [t.spec for t in self.tools.values()]
+        repairs = 0
+        refused_turns = 0
+        for _turn in range(self.max_turns):
+            messages.extend(await _arrived(ctx))
+            budget_spent = guard.budget is not None and guard.calls >= guard.budget
+            response = await ctx.llm(
+                self.model,
+                messages,
+                tools=(specs or None) if not budget_spent else None,
+                **self.params,
+            )
+            messages.append(response.message())
+            if not response.tool_calls:
+                done, value, problem = self._final(response.text)
+                if done:
+                    return value
+                repairs += 1
+                if repairs > self.max_repairs:
+                    raise AgentFailed(
+                        self.name,
+                        "invalid_output",
+                        f"the final answer did not match {self._output_name()} after "
+                        f"{self.max_repairs} repair turn(s): {problem}",
+                    )
+                messages.append(Message(role="user", content=_repair_request(problem)))
+                continue
+            results, refusals = await self._call_tools(ctx, guard, response.tool_calls)
+            messages.extend(results)
+            refused_turns = refused_turns + 1 if refusals else 0
+            if refused_turns >= 2:
+                messages.extend(await self._escalate(ctx, refusals))
+                refused_turns = 0
+        raise AgentFailed(
+            self.name,
+            "max_turns",
+            f"no final answer after {self.max_turns} turns (max_turns); the conversation is in "
+            f"the run's journal: kernos trace RUN",
+        )
+
+    def _system(self) -> list[Message]:
+        text = self.instructions.strip()
+        if self.output is not None:
+            schema = json.dumps(self.output.model_json_schema(), separators=(",", ":"))
+            text += (
+                f"\n\nGive your final answer as one JSON object matching this JSON schema, "
+                f"and nothing else: {schema}"
+            )
+        return [Message(role="system", content=text.strip())] if text.strip() else []
+
+    def _output_name(self) -> str:
+        return self.output.__name__ if self.output is not None else "text"
+
+    def _final(self, text: str) -> tuple[bool, Any, str]:
+        """(done, the run's output, what is wrong with it)."""
+        if self.output is None:
+            return True, text, ""
+        try:
+            value = self.output.model_validate_json(_unfenced(text))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'the answer'}: {e['msg']}"
+                for e in exc.errors()[:8]
+            )
+            return False, None, problems
+        return True, value.model_dump(mode="json"), ""
+
+    async def _call_tools(
+        self, ctx: RunContext, guard: LoopGuard, calls: Sequence[ToolCall]
+    ) -> tuple[list[Message], list[ToolRefused]]:
+        """Answer every tool call of one turn, in the model's order.
+
+        Tools run concurrently (each is its own journaled call, positions taken in order);
+        agent tools start their child runs after them, then their results are awaited: a
+        wait suspends the run, which must not happen while sibling calls are in flight.
+        """
+        refusals: list[ToolRefused] = []
+
+        async def one(call: ToolCall, tool: Tool) -> str:
+            try:
+                result = await ctx.tool(tool, call.arguments, guard=guard)
+            except ToolRefused as exc:
+                refusals.append(exc)
+                return f"Refused: {exc.for_model}"
+            except ToolCallFailed as exc:
+                return f"Error: {exc.for_model}"
+            return self._for_model(result)
+
+        answers: dict[int, str] = {}
+        plain: list[tuple[int, ToolCall, Tool]] = []
+        children: list[tuple[int, ToolCall, AgentTool]] = []
+        for i, call in enumerate(calls):
+            target = self.tools.get(call.name)
+            if call.raw_arguments is not None:
+                answers[i] = (
+                    f"Error: the arguments of {call.name} are not a JSON object "
+                    f"({call.raw_arguments[:200]!r}); call it again with valid JSON arguments."
+                )
+            elif target is None:
+                answers[i] = (
+                    f"Error: there is no tool named {call.name!r}; the tools are: "
+                    f"{', '.join(sorted(self.tools)) or 'none'}."
+                )
+            elif isinstance(target, AgentTool):
+                children.append((i, call, target))
+            else:
+                plain.append((i, call, target))
+        done = await asyncio.gather(*(one(call, tool) for _, call, tool in plain))
+        answers.update({i: text for (i, _, _), text in zip(plain, done, strict=True)})
+        handles = [
+            (i, await ctx.spawn(target.agent.name, _child_input(call)))
+            for i, call, target in children
+        ]
+        for i, handle in handles:
+            try:
+                answers[i] = self._for_model(await handle.result())
+            except ChildRunFailed as exc:
+                answers[i] = f"Error: {handle.agent} failed: {exc.error or exc.state}"
+        messages = [
+            Message(role="tool", tool_call_id=call.id, name=call.name, content=answers[i])
+            for i, call in enumerate(calls)
+        ]
+        return messages, refusals
+
+    def _for_model(self, result: Any) -> str:
+        """A tool's result as the model reads it: cut when larger than ``max_tool_output``
+        (the journal keeps it whole)."""
+        text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+        if len(text) <= self.max_tool_output:
+            return text
+        keep = self.max_tool_output - 160
+        return (
+            f"{text[:keep]}\n[output truncated: the first {keep} of {len(text)} characters are "
+            f"shown; the whole output is kept in the run's journal]"
+        )
+
+    async def _escalate(self, ctx: RunContext, refusals: Sequence[ToolRefused]) -> list[Message]:
+        """The model was told a call is refused and asked for it again: stop the loop."""
+        why = "; ".join(f"{r.tool}: {r.for_model}" for r in refusals)
+        if self.escalate == "fail":
+            raise AgentFailed(
+                self.name,
+                "loop",
+                f"the model kept asking for refused tool calls after being told why ({why}); "
+                f"set escalate='person' to have a person step in instead",
+            )
+        ctx.note("escalated", lambda: {"to": "person", "why": why})
+        reply = await ctx.wait_for_message(USER_TOPIC)
+        return [Message(role="user", content=_text_of(reply))]
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def _unfenced(text: str) -> str:
+    """Models often wrap JSON in a Markdown code fence; the object inside is the answer."""
+    match = _FENCE.match(text)
+    return match.group(1) if match else text.strip()
+
+
+def _repair_request(problem: str) -> str:
+    return (
+        f"Your final answer is not valid: {problem}. Answer again with only the corrected JSON "
+        f"object."
+    )
+
+
+def _resolve(agent: str, tools: Sequence[ToolLike | Agent]) -> dict[str, Tool | AgentTool]:
+    resolved: dict[str, Tool | AgentTool] = {}
+    for item in tools:
+        tool: Tool | AgentTool
+        if isinstance(item, Agent):
+            tool = item.as_tool()
+        elif isinstance(item, Tool | AgentTool):
+            tool = item
+        else:
+            tool = as_tool(item)
+        if tool.name in resolved:
+            raise UsageError(f"agent {agent!r} has two tools named {tool.name!r}")
+        resolved[tool.name] = tool
+    return resolved
+
+
+def _first_messages(input: Any) -> list[Message]:
+    """The conversation a run starts with: a string is the user's first message."""
+    if isinstance(input, str):
+        return [Message(role="user", content=input)]
+    if isinstance(input, Mapping) and "messages" in input:
+        return [Message.model_validate(m) for m in input["messages"]]
+    if isinstance(input, Mapping) and isinstance(input.get("message"), str):
+        return [Message(role="user", content=input["message"])]
+    if input is None:
+        return []
+    return [Message(role="user", content=json.dumps(input, ensure_ascii=False))]
+
+
+async def _arrived(ctx: RunContext) -> list[Message]:
+    """Messages sent to the run on topic ``user`` since the last turn."""
+    arrived: list[Message] = []
+    while True:
+        got, value = await ctx.receive(USER_TOPIC)
+        if not got:
+            return arrived
+        arrived.append(Message(role="user", content=_text_of(value)))
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("text"), str):
+        return str(value["text"])
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _child_input(call: ToolCall) -> Any:
+    value = call.arguments.get("input")
+    return value if value is not None else call.arguments
