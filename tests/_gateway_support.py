@@ -7,6 +7,7 @@ Backoff is scaled down so that retries take milliseconds; everything else is the
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kernos.gateway import Endpoint, GatewayConfig, GatewaySettings, ProviderConfig
@@ -53,3 +54,26 @@ def config_for(
         gateway=GatewaySettings(**{**defaults, **settings}),
         prices={},
     )
+
+
+def write_config(path: Path, config: GatewayConfig) -> Path:
+    oa = config.providers["oa"]
+    an = config.providers["an"]
+    path.write_text(
+        f"""
+[providers.oa]
+kind = "openai"
+base_url = "{oa.base_url}"
+api_key_env = ""
+
+[providers.an]
+kind = "anthropic"
+base_url = "{an.base_url}"
+api_key_env = ""
+
+[gateway]
+backoff_base = 0.01
+breaker_threshold = 50
+"""
+    )
+    return path

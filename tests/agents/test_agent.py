@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 from _gateway_support import OA
-from agents.conftest import AgentWorker
 from pydantic import BaseModel
 
 import kernos
 from kernos.agents import Agent
-from kernos.kernel import Client, Registry, output_of
+from kernos.kernel import Client, Registry, Worker, output_of
 from kernos.sim import Reply, SimServer
 from kernos.sim import ToolCall as Call
 from kernos.store import RunState
+from kernos.testing import wait_until
+
+AgentWorker = Callable[..., AbstractAsyncContextManager[Worker]]
 
 
 def requests(sim: SimServer) -> list[list[dict[str, Any]]]:
@@ -207,9 +211,7 @@ async def test_escalating_to_a_person_waits_for_their_message(
     sim.script("oa", *([broken] * 5), Reply(text="I will wait for the account to be unfrozen."))
     async with agent_worker():
         run = await client.start("asks", "refund it")
-        await kernos.testing.wait_until(
-            lambda: _state(client, run.id, RunState.WAITING), timeout=20
-        )
+        await wait_until(lambda: _state(client, run.id, RunState.WAITING), timeout=20)
         waiting = await client.get(run.id)
         assert waiting.waiting_for == "message:user"
         await client.send(run.id, "user", "The account is frozen; tell the customer to wait.")

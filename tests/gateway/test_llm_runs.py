@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _gateway_support import AN, OA, ConfigFactory, config_for
+from _gateway_support import AN, OA, ConfigFactory, config_for, write_config
 from _kernel_support import until
 from _procs import APPS, Workers
 
 import kernos
-from kernos.gateway import GatewayConfig, default_services
+from kernos.gateway import default_services
 from kernos.kernel import Client, Registry, connect, load_app, output_of
 from kernos.sim import Fault, SimServer
 from kernos.store import RunState
@@ -150,29 +150,6 @@ async def ask_client(db_url: str) -> AsyncIterator[Client]:
         yield c
     finally:
         await c.close()
-
-
-def write_config(path: Path, config: GatewayConfig) -> Path:
-    oa = config.providers["oa"]
-    an = config.providers["an"]
-    path.write_text(
-        f"""
-[providers.oa]
-kind = "openai"
-base_url = "{oa.base_url}"
-api_key_env = ""
-
-[providers.an]
-kind = "anthropic"
-base_url = "{an.base_url}"
-api_key_env = ""
-
-[gateway]
-backoff_base = 0.01
-breaker_threshold = 50
-"""
-    )
-    return path
 
 
 @pytest.mark.slow

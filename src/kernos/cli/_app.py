@@ -153,6 +153,20 @@ def _parse(text: str, what: str) -> Any:
     return parse_json(text, what)
 
 
+def _parse_or_text(text: str) -> Any:
+    """JSON if it is JSON; otherwise the text itself (people type sentences, not JSON).
+
+    What starts like a JSON object, array or string must be valid JSON: broken JSON is a
+    mistake to report, not a sentence to send.
+    """
+    if text.lstrip()[:1] in ("{", "[", '"'):
+        return _parse(text, "the message")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 # -- runs -------------------------------------------------------------------------------------
 
 
@@ -334,12 +348,20 @@ async def cancel(
 async def send(
     run_id: Annotated[str, typer.Argument(metavar="RUN")],
     topic: Annotated[str, typer.Argument()],
-    payload: Annotated[str, typer.Argument(metavar="JSON")],
+    payload: Annotated[str, typer.Argument(metavar="MESSAGE")],
     sender: Annotated[str | None, typer.Option(help="Who sends it.")] = None,
+    text: Annotated[
+        bool, typer.Option("--text", help="Send MESSAGE as a string, even if it parses as JSON.")
+    ] = False,
     database: DbOpt = None,
 ) -> None:
-    """Send a message (JSON) to a run on TOPIC; wakes it if it waits for one."""
-    value = _parse(payload, "the message")
+    """Send a message to a run on TOPIC; wakes it if it waits for one.
+
+    MESSAGE is JSON, or else plain text (sent as a string): an agent's conversation takes
+    `kernos send RUN user "Please also refund the shipping."` at its next turn. What starts
+    with { [ or " must be valid JSON.
+    """
+    value: Any = payload if text else _parse_or_text(payload)
     async with await _client(database) as client:
         msg = await client.send(run_id, topic, value, sender=sender)
     out.print(f"message {msg.id} sent to run {run_id} on {topic!r}")

@@ -95,6 +95,9 @@ _STATUS = {
     "tool_parked": "waiting",
     "tool_completed": "completed",
     "tool_failed": "failed",
+    "message_taken": "completed",
+    "mailbox_empty": "completed",
+    "note": "completed",
 }
 
 
@@ -120,6 +123,12 @@ def steps_of(events: list[Event]) -> list[StepSummary]:
             r = ev.payload.get("response", {})
             s.error = None  # answered: earlier attempts' errors are in the trace
             s.name = f"{s.name} -> {r.get('provider')}:{r.get('model')} ${r.get('cost', 0):.6f}"
+        if ev.type in ("tool_attempt", "tool_failed"):
+            s.error = str(ev.payload.get("for_model", ""))[:200]
+            if ev.payload.get("kind") == "refused":
+                s.status = "refused"
+        if ev.type == "tool_completed":
+            s.error = None
         if ev.type == "child_result" and ev.payload.get("state") != "completed":
             s.status = ev.payload.get("state", "failed")
     return [steps[k] for k in sorted(steps)]
@@ -256,9 +265,24 @@ def _event_detail(ev: Event) -> str:
         )
     if ev.type == "llm_failed":
         return f"{p.get('error_class')}: {p.get('message', '')}"[:300]
+    if ev.type in ("tool_attempt", "tool_completed", "tool_failed"):
+        return _tool_detail(ev.type, p)
+    if ev.type in ("message_taken", "message_received"):
+        sender = f" from {p['sender']}" if p.get("sender") else ""
+        return f"message{sender}: {_short(dumps(p.get('payload')), 200)}"
+    if ev.type == "note":
+        return _short(dumps(p), 300)
     if "reason" in p:
         return str(p["reason"])
     return ""
+
+
+def _tool_detail(type_: str, p: dict[str, Any]) -> str:
+    args = _short(dumps(p.get("arguments", {})), 120)
+    if type_ == "tool_completed":
+        return f"{args} -> {_short(dumps(p.get('result')), 160)}"
+    retry = f", retry in {_ms(p['retry_in'])}" if "retry_in" in p else ""
+    return f"{args} {p.get('kind')}: {_short(str(p.get('for_model', '')), 200)}{retry}"
 
 
 def trace_tree(run: Run, events: list[Event]) -> Tree:
