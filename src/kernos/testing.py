@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from kernos.gateway import default_services
-from kernos.kernel import CallService, Client, Registry, Worker, WorkerConfig
+from kernos.kernel import CallService, Client, Embedder, Registry, Worker, WorkerConfig
 
 #: short leases and polls, so that tests of recovery and timers finish quickly
 FAST = WorkerConfig(concurrency=50, lease_ttl=3.0, poll_interval=0.05, grace=5.0)
@@ -31,15 +31,17 @@ async def running_worker(
     config: WorkerConfig = FAST,
     *,
     services: Mapping[str, CallService] | None = None,
+    embedder: Embedder | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker in this event loop for the block; it drains and stops on exit.
 
     ``services`` serve ``ctx.llm`` (default: ``kernos.default_services()``, from kernos.toml;
     a test points them at the provider simulator with a ``GatewayConfig`` of its own).
+    ``embedder`` lets ``ctx.memory`` search by meaning.
     """
     if services is None:
         services = default_services()
-    worker = Worker(client.store, registry, config, services=services)
+    worker = Worker(client.store, registry, config, services=services, embedder=embedder)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.started.wait(), 10)
     try:

@@ -6,6 +6,7 @@ from kernos.kernel._codec import parse_json
 from kernos.kernel._context import ChildHandle, RunContext
 from kernos.kernel._execution import idempotency_key
 from kernos.kernel._faults import Faults
+from kernos.kernel._memory import Embedder, RunMemory
 from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_app
 from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._retry import DEFAULT_RETRY, RetryPolicy, retry
@@ -23,10 +24,12 @@ __all__ = [
     "Client",
     "DurableCall",
     "DurableTool",
+    "Embedder",
     "Faults",
     "Registry",
     "RetryPolicy",
     "RunContext",
+    "RunMemory",
     "Settings",
     "Worker",
     "WorkerConfig",

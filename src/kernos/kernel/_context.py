@@ -10,6 +10,7 @@ from typing import Any
 from kernos.errors import UsageError
 from kernos.kernel._calls import DurableTool
 from kernos.kernel._execution import Execution
+from kernos.kernel._memory import RunMemory
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -45,6 +46,9 @@ class RunContext:
 
     def __init__(self, execution: Execution) -> None:
         self._x = execution
+        #: long-term memory of the run's tenant: ``await ctx.memory.put(namespace, text)``,
+        #: ``await ctx.memory.search(namespace, query, k)``; each call is journaled
+        self.memory = RunMemory(execution)
 
     @property
     def run_id(self) -> str:

@@ -43,6 +43,7 @@ from kernos.errors import (
 from kernos.kernel._calls import CallRecord, CallService, DurableCall, Park
 from kernos.kernel._codec import encode, parse_json, roundtrip
 from kernos.kernel._faults import Faults
+from kernos.kernel._memory import Embedder, hit_of, hit_payload, new_memory
 from kernos.kernel._registry import AgentSpec, Registry
 from kernos.kernel._replay import CANCEL_DELIVERED, History
 from kernos.kernel._retry import policy_of
@@ -51,6 +52,7 @@ from kernos.store import (
     Claim,
     Control,
     Event,
+    MemoryHit,
     Message,
     MessageWait,
     NewRun,
@@ -156,8 +158,10 @@ class Execution:
         signals: WorkerSignals,
         faults: Faults,
         services: Mapping[str, CallService] | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.store = store
+        self.embedder = embedder
         self.services: Mapping[str, CallService] = services or {}
         self.registry = registry
         self.claim = claim
@@ -660,6 +664,78 @@ class Execution:
         else:
             self._seq = seq
         return message
+
+    async def memory_put(self, namespace: str, text: str, metadata: dict[str, Any]) -> str:
+        pos, recorded = self._next("memory_put", namespace)
+        if recorded:
+            return str(recorded[0].payload["id"])
+        self._boundary(pos)
+        started = time.time()
+        embedding = (await self._embed([text]))[0] if self.embedder is not None else None
+        memory = await self._store_call(
+            self.store.put_memory,
+            new_memory(
+                namespace,
+                text,
+                metadata,
+                tenant=self.run.tenant,
+                run_id=self.run_id,
+                embedding=embedding,
+                key=f"{self.run_id}:{pos}",  # made again after a crash: stored once
+            ),
+        )
+        await self._write(
+            self._event(
+                "memory_put",
+                step=pos,
+                name=namespace,
+                payload={"id": memory.id, "text": text, "metadata": metadata},
+                duration=time.time() - started,
+            )
+        )
+        return memory.id
+
+    async def memory_search(
+        self, namespace: str, query: str, k: int, metadata: dict[str, Any]
+    ) -> list[MemoryHit]:
+        pos, recorded = self._next("memory_search", namespace)
+        if recorded:
+            hits = recorded[0].payload.get("hits", [])
+            return [hit_of(h, namespace, self.run.tenant) for h in hits]
+        self._boundary(pos)
+        started = time.time()
+        embedding = (await self._embed([query]))[0] if self.embedder is not None else None
+        found = await self._store_call(
+            self.store.search_memory,
+            namespace,
+            query,
+            k=k,
+            tenant=self.run.tenant,
+            embedding=embedding,
+            metadata=metadata or None,
+        )
+        self._buffer(
+            "memory_search",
+            step=pos,
+            name=namespace,
+            payload={
+                "query": query,
+                "k": k,
+                "metadata": metadata,
+                "hits": [hit_payload(h) for h in found],
+            },
+            duration=time.time() - started,
+        )
+        return found
+
+    async def _embed(self, texts: list[str]) -> list[list[float]]:
+        assert self.embedder is not None
+        vectors = await self.embedder.embed(texts)
+        if len(vectors) != len(texts):
+            raise UsageError(
+                f"the embedder returned {len(vectors)} vector(s) for {len(texts)} text(s)"
+            )
+        return [list(map(float, v)) for v in vectors]
 
     def now(self) -> datetime:
         value = self._value("now", time.time)

@@ -31,6 +31,8 @@ KIND_OF = {
     "message_taken": "receive",
     "mailbox_empty": "receive",
     "note": "note",
+    "memory_put": "memory_put",
+    "memory_search": "memory_search",
     **call_kinds(),
 }
 CANCEL_DELIVERED = "cancel_delivered"

@@ -23,6 +23,7 @@ from kernos.kernel._calls import CallService
 from kernos.kernel._cron import next_fire
 from kernos.kernel._execution import Execution, WorkerSignals
 from kernos.kernel._faults import Faults
+from kernos.kernel._memory import Embedder
 from kernos.kernel._registry import Registry
 from kernos.store import Claim, Store, new_run_id
 
@@ -55,11 +56,14 @@ class Worker:
         config: WorkerConfig | None = None,
         *,
         services: Mapping[str, CallService] | None = None,
+        embedder: Embedder | None = None,
     ):
         """``services`` serve the durable calls of higher layers: ``{"llm": ...}`` for
         ``ctx.llm`` (``kernos.default_services()`` builds them from kernos.toml). The worker
-        owns them: those with an ``aclose()`` are closed when it stops."""
+        owns them: those with an ``aclose()`` are closed when it stops. ``embedder`` (optional)
+        lets ``ctx.memory`` search by meaning as well as by words."""
         self.store = store
+        self.embedder = embedder
         self.services: dict[str, CallService] = dict(services or {})
         self.registry = registry
         self.config = config or WorkerConfig()
@@ -158,7 +162,13 @@ class Worker:
             stale[1].lost = True
             stale[0].cancel()
         execution = Execution(
-            self.store, self.registry, claim, self._signals, self.config.faults, self.services
+            self.store,
+            self.registry,
+            claim,
+            self._signals,
+            self.config.faults,
+            self.services,
+            self.embedder,
         )
         task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
         self._active[claim.run.id] = (task, execution)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from kernos.store._commit import Committer
+from kernos.store._memory import Scalar
 
 Row = tuple[Any, ...]
 Params = Sequence[Any]
@@ -39,6 +41,19 @@ class Tx(Protocol):
     def fetchall(self, sql: str, params: Params = ()) -> list[Row]: ...
 
     def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TextSearch:
+    """A full-text query as the pieces of one SELECT over ``kernos_memories`` aliased ``m``:
+    ``SELECT ..., {score} FROM {source} WHERE {condition} AND ...``. ``params`` belong to
+    ``source`` then ``condition``, in that order; ``score`` takes none and is higher for a
+    better match."""
+
+    source: str
+    condition: str
+    score: str
+    params: tuple[Any, ...]
 
 
 class Dialect(Protocol):
@@ -72,6 +87,15 @@ class Dialect(Protocol):
 
     def json_number(self, column: str, path: Sequence[str]) -> str:
         """SQL for the number at ``path`` in a JSON column (NULL when absent)."""
+        ...
+
+    def json_key_equals(self, column: str, key: str, value: Scalar) -> tuple[str, list[Any]]:
+        """SQL (and its parameters) true when the JSON object in ``column`` holds ``key``
+        equal to ``value``: numbers by value, never across JSON types. Nothing interpolated."""
+        ...
+
+    def text_search(self, terms: Sequence[str]) -> TextSearch:
+        """Memories holding any of ``terms`` (literal words, at least one), ranked."""
         ...
 
     def lock_migrations(self, tx: Tx) -> None: ...

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import select
@@ -34,16 +35,19 @@ from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from kernos.errors import ConfigError, StoreFull, StoreUnavailable
+from kernos.errors import ConfigError, InvalidInput, StoreFull, StoreUnavailable
 from kernos.store._commit import Committer
-from kernos.store._dialect import Params, Row, Tx, json_path
+from kernos.store._dialect import Params, Row, TextSearch, Tx, json_path
 from kernos.store._fenced import unnest_insert
 from kernos.store._loop_commit import LoopCommitter
+from kernos.store._memory import Scalar
 
 CHANNEL = "kernos_wake"
 #: the URL query parameter that sets ``io_timeout``; kernos' own, removed before libpq sees it
 IO_TIMEOUT_PARAM = "kernos_io_timeout"
 DEFAULT_IO_TIMEOUT = 30.0
+#: the text search configuration of memories' tsvector column (migration 4); queries must match
+TEXT_CONFIG = "english"
 #: a committer connection idle longer than this (seconds) is checked before its next statement
 _VALIDATE_AFTER_IDLE = 0.5
 
@@ -204,6 +208,7 @@ class PostgresDialect:
     ddl_types: ClassVar[dict[str, str]] = {
         "float": "DOUBLE PRECISION",
         "bigint": "BIGINT",
+        "blob": "BYTEA",
         "serial_pk": "BIGSERIAL PRIMARY KEY",
     }
 
@@ -398,6 +403,23 @@ class PostgresDialect:
     def json_number(self, column: str, path: Sequence[str]) -> str:
         return f"CAST({self.json_text(column, path)} AS DOUBLE PRECISION)"
 
+    def json_key_equals(self, column: str, key: str, value: Scalar) -> tuple[str, list[Any]]:
+        """jsonb equality: by value for numbers, never across JSON types."""
+        return f"({column}::jsonb -> ?::text) = ?::jsonb", [key, json.dumps(value)]
+
+    def text_search(self, terms: Sequence[str]) -> TextSearch:
+        """Any of the terms: one ``plainto_tsquery`` per word (plain text, no operators, so it
+        never fails to parse), joined by ``||`` (OR). The GIN index on ``tsv`` finds matches;
+        ``ts_rank_cd`` ranks them. A query of stop words only has no lexemes: the one-time
+        ``numnode`` test skips the search (and the server's notice about it)."""
+        query = " || ".join([f"plainto_tsquery('{TEXT_CONFIG}', ?)"] * len(terms))
+        return TextSearch(
+            source=f"(SELECT {query} AS query) q CROSS JOIN kernos_memories m",
+            condition="numnode(q.query) > 0 AND m.tsv @@ q.query",
+            score="ts_rank_cd(m.tsv, q.query)",
+            params=tuple(terms),
+        )
+
     def lock_migrations(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':kernos:migrate'))")
 
@@ -448,6 +470,11 @@ class PostgresDialect:
             return StoreFull(
                 f"the PostgreSQL server at {self.display_url} is out of disk space ({exc}); "
                 f"nothing of the failed write was kept. Free space and retry."
+            )
+        if isinstance(exc, pgerrors.ProgramLimitExceeded):
+            return InvalidInput(
+                f"a value is over a limit of PostgreSQL ({exc}); nothing was written. Store "
+                f"less at once (e.g. a long text as several memories)"
             )
         if isinstance(exc, psycopg.OperationalError):
             return StoreUnavailable(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from kernos.store._commit import CommitStats
 from kernos.store._records import (
@@ -19,7 +19,10 @@ from kernos.store._records import (
     Event,
     EventTotals,
     JsonPath,
+    Memory,
+    MemoryHit,
     Message,
+    NewMemory,
     NewRun,
     Run,
     RunState,
@@ -164,6 +167,32 @@ class Store(Protocol):
     async def fire_schedules(
         self, *, versions: dict[str, str], next_fire: Callable[[str, float], float]
     ) -> list[Run]: ...
+
+    async def put_memory(self, memory: NewMemory) -> Memory:
+        """Store a long-term memory; ``InvalidInput`` (nothing stored) for bad input."""
+        ...
+
+    async def search_memory(
+        self,
+        namespace: str,
+        query: str,
+        *,
+        k: int = 5,
+        tenant: str | None = None,
+        embedding: list[float] | None = None,
+        # Any: metadata is JSON chosen by the caller; a filter compares top-level scalars.
+        metadata: dict[str, Any] | None = None,
+    ) -> list[MemoryHit]:
+        """Memories of one namespace and tenant matching user text, best first (full text,
+        fused with cosine nearness when ``embedding`` is given). Never parses the query as
+        syntax: no query raises."""
+        ...
+
+    async def delete_memory(self, memory_id: str) -> bool:
+        """Forget one memory; False when none has that id."""
+        ...
+
+    async def count_memories(self, namespace: str, tenant: str | None = None) -> int: ...
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new work may exist (PostgreSQL: a NOTIFY), or after ``timeout``."""

@@ -176,3 +176,47 @@ class ChildWait:
 
 
 WakeCheck = MessageWait | ChildWait | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewMemory:
+    """A fact to remember in ``namespace``; the store gives it an id and a time.
+
+    ``tenant`` scopes it (``None`` is a tenant of its own, not "every tenant"); ``run_id`` says
+    which run learned it, for provenance only. ``embedding``, when the caller has one, lets a
+    search find it by meaning as well as by words; kernos computes none itself.
+    """
+
+    namespace: str
+    text: str
+    #: Any: JSON the caller chooses (checked on put: it must read back equal)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tenant: str | None = None
+    run_id: str | None = None
+    embedding: list[float] | None = None
+    #: a caller-chosen id makes the put idempotent: putting the same id again stores nothing
+    #: more (a run's put, made again after a crash, is ``<run_id>:<step>``)
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """A stored memory: what was put, plus its id and when it was stored."""
+
+    id: str
+    namespace: str
+    text: str
+    metadata: dict[str, Any]
+    tenant: str | None
+    run_id: str | None
+    embedding: list[float] | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryHit:
+    """One search result. ``score``: higher is better; comparable only within one result list
+    (its scale depends on the backend and on whether embeddings were fused in)."""
+
+    memory: Memory
+    score: float

@@ -1,13 +1,16 @@
 """Versioned migrations, one list shared by both backends.
 
-A migration is a list of statements written once, with ``{float}``, ``{bigint}`` and
-``{serial_pk}`` standing for the few types the two dialects spell differently. Migrations only
-ever append to this list: a released migration is never edited.
+A migration is a list of statements written once, with ``{float}``, ``{bigint}``, ``{blob}``
+and ``{serial_pk}`` standing for the few types the two dialects spell differently; what one
+database does its own way (full-text search) goes in ``by_dialect``, run after the shared
+statements on that database only. Migrations only ever append to this list: a released
+migration is never edited.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +18,11 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    #: statements for one dialect only (by ``Dialect.name``), run after ``statements``
+    by_dialect: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def statements_for(self, dialect: str) -> tuple[str, ...]:
+        return (*self.statements, *self.by_dialect.get(dialect, ()))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -106,6 +114,61 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX kernos_runs_tenant ON kernos_runs (tenant, id)",
             "ALTER TABLE kernos_schedules ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'",
         ),
+    ),
+    Migration(
+        4,
+        "long-term memory: memories per namespace and tenant, with full-text search",
+        (
+            # seq: an integer key for SQLite's FTS5 index to point at (a table's implicit rowid
+            # may change on VACUUM); id: the ULID callers see. tenant NULL is a tenant of its
+            # own. embedding: little-endian float64s, dimensions their count and norm their
+            # Euclidean length (NULL: no embedding), kept so that a search computes only dot
+            # products.
+            """CREATE TABLE kernos_memories (
+                seq {serial_pk},
+                id TEXT NOT NULL UNIQUE,
+                namespace TEXT NOT NULL,
+                tenant TEXT,
+                text TEXT NOT NULL,
+                metadata TEXT NOT NULL,
+                run_id TEXT,
+                embedding {blob},
+                dimensions INTEGER,
+                norm {float},
+                created_at {float} NOT NULL
+            )""",
+            # Counting a namespace, and the vector scan: newest embedded memories first.
+            "CREATE INDEX kernos_memories_scope "
+            "ON kernos_memories (namespace, tenant, dimensions, seq)",
+        ),
+        by_dialect={
+            # An external-content FTS5 index over text, kept in step by triggers; porter: words
+            # match by stem; remove_diacritics 2: "cafe" finds "café".
+            "sqlite": (
+                "CREATE VIRTUAL TABLE kernos_memories_fts USING fts5(text, "
+                "content='kernos_memories', content_rowid='seq', "
+                "tokenize='porter unicode61 remove_diacritics 2')",
+                "CREATE TRIGGER kernos_memories_fts_insert AFTER INSERT ON kernos_memories "
+                "BEGIN INSERT INTO kernos_memories_fts (rowid, text) VALUES (new.seq, new.text); "
+                "END",
+                "CREATE TRIGGER kernos_memories_fts_delete AFTER DELETE ON kernos_memories "
+                "BEGIN INSERT INTO kernos_memories_fts (kernos_memories_fts, rowid, text) "
+                "VALUES ('delete', old.seq, old.text); END",
+                "CREATE TRIGGER kernos_memories_fts_update AFTER UPDATE OF text "
+                "ON kernos_memories BEGIN "
+                "INSERT INTO kernos_memories_fts (kernos_memories_fts, rowid, text) "
+                "VALUES ('delete', old.seq, old.text); "
+                "INSERT INTO kernos_memories_fts (rowid, text) VALUES (new.seq, new.text); END",
+            ),
+            # A stored tsvector under a GIN index. The configuration ('english': stems, drops
+            # stop words) is fixed here; queries must use the same (_postgres.TEXT_CONFIG).
+            "postgresql": (
+                "ALTER TABLE kernos_memories ADD COLUMN tsv tsvector "
+                "GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED",
+                "CREATE INDEX kernos_memories_tsv ON kernos_memories USING GIN (tsv) "
+                "WITH (fastupdate = off)",
+            ),
+        },
     ),
 )
 

@@ -34,6 +34,21 @@ from kernos.store._commit import CommitStats
 from kernos.store._dialect import Dialect, Row, Tx, iter_chunks, placeholders
 from kernos.store._fenced import EVENT_COLUMNS
 from kernos.store._ids import new_run_id
+from kernos.store._memory import (
+    MAX_SEARCH_K,
+    VECTOR_SCAN_LIMIT,
+    check_embedding,
+    check_filter,
+    check_name,
+    check_text,
+    encode_metadata,
+    fuse,
+    nearest,
+    norm,
+    pack_embedding,
+    query_terms,
+    unpack_embedding,
+)
 from kernos.store._protocol import Heartbeat, Timer
 from kernos.store._records import (
     AgentVersion,
@@ -43,8 +58,11 @@ from kernos.store._records import (
     Event,
     EventTotals,
     JsonPath,
+    Memory,
+    MemoryHit,
     Message,
     MessageWait,
+    NewMemory,
     NewRun,
     Run,
     RunState,
@@ -69,6 +87,9 @@ _OWN = (
     "UPDATE kernos_runs SET updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'running'"
 )
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+_MEMORY_COLUMNS = (
+    "m.seq, m.id, m.namespace, m.text, m.metadata, m.tenant, m.run_id, m.embedding, m.created_at"
+)
 
 
 def _run(row: Row) -> Run:
@@ -120,6 +141,20 @@ def _event_params(run_id: str, ev: Event, now: float) -> tuple[Any, ...]:
         ev.payload_json or json.dumps(ev.payload, separators=(",", ":")),
         ev.created_at or now,
         ev.duration,
+    )
+
+
+def _memory(row: Row) -> Memory:
+    """A row of ``_MEMORY_COLUMNS`` (its first column, ``seq``, is the store's own)."""
+    return Memory(
+        id=row[1],
+        namespace=row[2],
+        text=row[3],
+        metadata=json.loads(row[4]),
+        tenant=row[5],
+        run_id=row[6],
+        embedding=unpack_embedding(row[7]) if row[7] is not None else None,
+        created_at=row[8],
     )
 
 
@@ -237,7 +272,7 @@ class SqlStore:
             for migration in MIGRATIONS:
                 if migration.version <= current:
                     continue
-                for statement in migration.statements:
+                for statement in migration.statements_for(self._d.name):
                     tx.execute(statement.format(**self._d.ddl_types))
                 tx.execute(
                     "INSERT INTO kernos_schema (version, description, applied_at) VALUES (?, ?, ?)",
@@ -1122,6 +1157,191 @@ class SqlStore:
     ) -> list[Run]:
         """Start a run for every due schedule of an agent in ``versions``, once per tick."""
         return await self._call(self._fire_schedules, dict(versions), next_fire)
+
+    # -- long-term memory -----------------------------------------------------------------
+
+    def _check_memory(self, new: NewMemory) -> tuple[str, list[float] | None]:
+        """Everything a put can get wrong, found before the transaction: a bad put writes
+        nothing. Returns the metadata as JSON and the embedding as floats."""
+        check_name("namespace", new.namespace)
+        if new.tenant is not None:
+            check_name("tenant", new.tenant)
+        if not isinstance(new.text, str) or not new.text.strip():
+            raise InvalidInput(f"a memory's text must be a non-empty string, not {new.text!r}")
+        self.check_size(f"the text of a memory in {new.namespace!r}", new.text)
+        check_text(f"the text of a memory in {new.namespace!r}", new.text)
+        if new.run_id is not None:
+            check_text("the run id of a memory", new.run_id)
+        metadata = encode_metadata(new.metadata)
+        self.check_size(f"the metadata of a memory in {new.namespace!r}", metadata)
+        if new.embedding is None:
+            return metadata, None
+        vector = check_embedding(new.embedding)
+        if 8 * len(vector) > self._max_payload:
+            raise InvalidInput(
+                f"an embedding of {len(vector)} dimensions is {8 * len(vector)} bytes, over "
+                f"the limit of {self._max_payload} bytes"
+            )
+        return metadata, vector
+
+    def _put_memory(self, new: NewMemory) -> Memory:
+        metadata, vector = self._check_memory(new)
+        memory = Memory(
+            id=new.id or new_run_id(),
+            namespace=new.namespace,
+            text=new.text,
+            metadata=json.loads(metadata),
+            tenant=new.tenant,
+            run_id=new.run_id,
+            embedding=vector,
+            created_at=time.time(),
+        )
+        with self._d.write() as tx:
+            tx.execute(
+                "INSERT INTO kernos_memories (id, namespace, tenant, text, metadata, run_id, "
+                "embedding, dimensions, norm, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (
+                    memory.id,
+                    memory.namespace,
+                    memory.tenant,
+                    memory.text,
+                    metadata,
+                    memory.run_id,
+                    pack_embedding(vector) if vector is not None else None,
+                    len(vector) if vector is not None else None,
+                    norm(vector) if vector is not None else None,
+                    memory.created_at,
+                ),
+            )
+        return memory
+
+    async def put_memory(self, memory: NewMemory) -> Memory:
+        """Store a memory in one short transaction (its text indexed for search in the same
+        one); ``InvalidInput`` for an empty namespace or text, text over the payload limit,
+        metadata that is not a JSON object, or a malformed embedding, and then nothing is
+        stored."""
+        return await self._call(self._put_memory, memory)
+
+    def _scope(
+        self, namespace: str, tenant: str | None, pairs: Sequence[tuple[str, Any]] = ()
+    ) -> tuple[str, list[Any]]:
+        """The WHERE conditions that keep a search inside one namespace, tenant and filter
+        (``tenant IS NULL`` for ``None``, which ``= ?`` would never match)."""
+        where = ["m.namespace = ?", "m.tenant IS NULL" if tenant is None else "m.tenant = ?"]
+        params: list[Any] = [namespace] if tenant is None else [namespace, tenant]
+        for key, value in pairs:
+            sql, values = self._d.json_key_equals("m.metadata", key, value)
+            where.append(sql)
+            params.extend(values)
+        return " AND ".join(where), params
+
+    def _search_memory(
+        self,
+        namespace: str,
+        query: str,
+        k: int,
+        tenant: str | None,
+        embedding: list[float] | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> list[MemoryHit]:
+        check_name("namespace", namespace)
+        if tenant is not None:
+            check_name("tenant", tenant)
+        if not isinstance(query, str):
+            raise InvalidInput(f"a memory search's query must be a string, not {type(query)}")
+        if not isinstance(k, int) or not 1 <= k <= MAX_SEARCH_K:
+            raise InvalidInput(f"k={k!r}: a memory search returns 1 to {MAX_SEARCH_K} hits")
+        pairs = check_filter(metadata) if metadata else []
+        vector = check_embedding(embedding) if embedding is not None else None
+        scope, params = self._scope(namespace, tenant, pairs)
+        terms = query_terms(query)
+        # Fusion ranks more candidates from each side than it returns.
+        pool = k if vector is None else max(4 * k, 20)
+        text_rows: list[Row] = []
+        vector_rows: list[Row] = []
+        with self._d.read() as tx:
+            if terms:
+                ts = self._d.text_search(terms)
+                text_rows = tx.fetchall(
+                    f"SELECT {_MEMORY_COLUMNS}, {ts.score} AS score FROM {ts.source} "
+                    f"WHERE {ts.condition} AND {scope} ORDER BY score DESC, m.seq DESC LIMIT ?",
+                    (*ts.params, *params, pool),
+                )
+            if vector is not None:
+                vector_rows = tx.fetchall(
+                    f"SELECT m.seq, m.embedding, m.norm FROM kernos_memories m WHERE {scope} "
+                    "AND m.dimensions = ? ORDER BY m.seq DESC LIMIT ?",
+                    (*params, len(vector), VECTOR_SCAN_LIMIT),
+                )
+        if vector is None:
+            return [MemoryHit(_memory(r), float(r[-1])) for r in text_rows]
+        near = nearest(vector, [(int(r[0]), r[1], float(r[2])) for r in vector_rows], pool)
+        return self._fuse(text_rows, near, k)
+
+    def _fuse(
+        self, text_rows: Sequence[Row], near: Sequence[tuple[int, float]], k: int
+    ) -> list[MemoryHit]:
+        """Rank by RRF; fetch the rows only the vector side found (deleted since: skipped)."""
+        rows = {int(r[0]): r for r in text_rows}
+        fused = fuse([list(rows), [seq for seq, _ in near]], k)
+        missing = [seq for seq, _ in fused if seq not in rows]
+        if missing:
+            with self._d.read() as tx:
+                for r in tx.fetchall(
+                    f"SELECT {_MEMORY_COLUMNS} FROM kernos_memories m "
+                    f"WHERE m.seq IN ({placeholders(len(missing))})",
+                    missing,
+                ):
+                    rows[int(r[0])] = r
+        return [MemoryHit(_memory(rows[seq]), score) for seq, score in fused if seq in rows]
+
+    async def search_memory(
+        self,
+        namespace: str,
+        query: str,
+        *,
+        k: int = 5,
+        tenant: str | None = None,
+        embedding: list[float] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[MemoryHit]:
+        """The memories of ``namespace`` (and ``tenant``: ``None`` is a tenant of its own)
+        that best match ``query``, best first, at most ``k`` (1 to ``MAX_SEARCH_K``).
+
+        ``query`` is user text, never syntax (see ``kernos.store._memory``): no query raises,
+        one without words finds nothing. ``metadata`` keeps only memories whose top-level keys
+        equal the given scalars. With ``embedding``, full-text and cosine rankings are fused
+        (RRF) and a memory with no word in common but a near embedding can be found; scores
+        are then RRF scores. Full text uses the index; the vector side reads at most
+        ``VECTOR_SCAN_LIMIT`` embeddings.
+        """
+        return await self._call(
+            self._search_memory, namespace, query, k, tenant, embedding, metadata
+        )
+
+    def _delete_memory(self, memory_id: str) -> bool:
+        check_text("a memory id", memory_id)
+        with self._d.write() as tx:
+            return tx.execute("DELETE FROM kernos_memories WHERE id = ?", (memory_id,)) == 1
+
+    async def delete_memory(self, memory_id: str) -> bool:
+        """Forget a memory (and its index entries); False when no memory has that id."""
+        return await self._call(self._delete_memory, memory_id)
+
+    def _count_memories(self, namespace: str, tenant: str | None) -> int:
+        check_name("namespace", namespace)
+        if tenant is not None:
+            check_name("tenant", tenant)
+        scope, params = self._scope(namespace, tenant)
+        with self._d.read() as tx:
+            row = tx.fetchone(f"SELECT COUNT(*) FROM kernos_memories m WHERE {scope}", params)
+        return int(row[0]) if row else 0
+
+    async def count_memories(self, namespace: str, tenant: str | None = None) -> int:
+        """How many memories ``namespace`` holds for ``tenant`` (``None``: the memories put
+        without a tenant, not all of them)."""
+        return await self._call(self._count_memories, namespace, tenant)
 
     async def wait_for_work(self, timeout: float) -> None:
         if self._d.name == "sqlite":

@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from kernos.errors import ConfigError, StoreFull, StoreUnavailable
 from kernos.store._commit import Committer
-from kernos.store._dialect import Params, Row, Tx, WouldBlock, json_path
+from kernos.store._dialect import Params, Row, TextSearch, Tx, WouldBlock, json_path
 from kernos.store._fenced import insert_batch
+from kernos.store._memory import Scalar, fts5_query
 from kernos.store._thread_commit import ThreadCommitter
 
 _BUSY_TIMEOUT_MS = 30_000
@@ -62,6 +63,7 @@ class SqliteDialect:
     ddl_types: ClassVar[dict[str, str]] = {
         "float": "REAL",
         "bigint": "INTEGER",
+        "blob": "BLOB",
         "serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
     }
 
@@ -226,6 +228,31 @@ class SqliteDialect:
 
     def json_number(self, column: str, path: Sequence[str]) -> str:
         return f"CAST(json_extract({column}, '{json_path(path)}') AS REAL)"
+
+    def json_key_equals(self, column: str, key: str, value: Scalar) -> tuple[str, list[Any]]:
+        """``json_type`` tells JSON's types apart (``true`` from ``1``, ``"1"`` from ``1``),
+        which ``json_extract`` alone does not; the path is a bound parameter."""
+        path = f'$."{key}"'
+        if value is None:
+            return f"json_type({column}, ?) = 'null'", [path]
+        if isinstance(value, bool):
+            return f"json_type({column}, ?) = ?", [path, "true" if value else "false"]
+        kinds = "'text'" if isinstance(value, str) else "'integer', 'real'"
+        return (
+            f"json_type({column}, ?) IN ({kinds}) AND json_extract({column}, ?) = ?",
+            [path, path, value],
+        )
+
+    def text_search(self, terms: Sequence[str]) -> TextSearch:
+        """FTS5 drives the query (its index finds the matches), joined to the rows by key;
+        ``bm25`` is lower for a better match, so the score is its negation."""
+        return TextSearch(
+            source="kernos_memories_fts "
+            "JOIN kernos_memories m ON m.seq = kernos_memories_fts.rowid",
+            condition="kernos_memories_fts MATCH ?",
+            score="-bm25(kernos_memories_fts)",
+            params=(fts5_query(terms),),
+        )
 
     def lock_migrations(self, tx: Tx) -> None:
         """``BEGIN IMMEDIATE`` already holds the database's only write lock."""
