@@ -124,6 +124,17 @@ class RunContext:
             raise UsageError(f"the arguments of tool {name!r} must be a dict, not {arguments!r}")
         return await self._x.call("tool", name, serve, (dict(arguments or {}),), options)
 
+    async def send(self, run_id: str, topic: str, value: Any = None) -> None:
+        """Send ``value`` (JSON) to run ``run_id`` on ``topic``; it wakes the run if it waits.
+
+        Sent exactly once: the message and this run's journal entry commit together, so a
+        replay (or a crash just after) never sends it again. A message to a finished run
+        raises ``InvalidState``.
+        """
+        if not isinstance(run_id, str) or not run_id:
+            raise UsageError("ctx.send needs the id of the run to send to")
+        await self._x.send(run_id, topic, value)
+
     async def receive(self, topic: str) -> tuple[bool, Any]:
         """Take the next message sent to this run on ``topic``, if there is one; never waits.
 

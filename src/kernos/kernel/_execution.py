@@ -597,6 +597,30 @@ class Execution:
         timer = Timer(pos, deadline) if deadline is not None else None
         raise self._suspension(f"message:{topic}", [], timer, MessageWait(topic))
 
+    async def send(self, to: str, topic: str, value: Any) -> None:
+        pos, recorded = self._next("send", topic)
+        if recorded:
+            return
+        self._boundary(pos)
+        text = encode(value, f"the message to run {to} on {topic!r} (step {pos})")
+        event = self._event(
+            "message_sent", step=pos, name=topic, payload={"to": to, "topic": topic}
+        )
+        try:
+            await self.store.send_from_run(
+                self.run_id,
+                self.token,
+                events=self._flush([event]),
+                to=to,
+                topic=topic,
+                payload=text,
+            )
+        except LeaseLost:
+            self.lost = True
+            raise
+        except InfrastructureError as exc:
+            raise StoreDown(exc) from exc
+
     async def receive(self, topic: str) -> tuple[bool, Any]:
         """Take the next message on ``topic`` if one waits; never waits for one.
 

@@ -28,6 +28,7 @@ KIND_OF = {
     "child_spawned": "spawn",
     "child_result": "child_result",
     "value": "value",
+    "message_sent": "send",
     "message_taken": "receive",
     "mailbox_empty": "receive",
     "note": "note",

@@ -157,6 +157,16 @@ class Store(Protocol):
     async def send_message(
         self, run_id: str, topic: str, payload: str, *, sender: str | None = None
     ) -> Message: ...
+    async def send_from_run(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        events: Sequence[Event],
+        to: str,
+        topic: str,
+        payload: str,
+    ) -> Message: ...
     async def pause(self, run_id: str, *, reason: str | None = None) -> Run: ...
     async def resume(self, run_id: str, *, reason: str | None = None) -> Run: ...
     async def cancel(self, run_id: str, *, reason: str | None = None) -> Run: ...

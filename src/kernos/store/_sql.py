@@ -932,27 +932,59 @@ class SqlStore:
         self._insert_events(tx, run_id, [Event(seq=seq, type=kind, payload=payload)])
 
     def _send_message(self, run_id: str, topic: str, payload: str, sender: str | None) -> Message:
-        now = time.time()
         with self._d.write() as tx:
-            run = self._get(tx, run_id, self._d.lock_rows)
-            if run.state.terminal:
-                raise InvalidState(
-                    f"run {run_id} is {run.state.value}; a message to it would never be read"
-                )
-            row = tx.fetchone(
-                "INSERT INTO kernos_messages (run_id, topic, payload, sender, created_at) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (run_id, topic, payload, sender, now),
+            return self._deliver(tx, run_id, topic, payload, sender)
+
+    def _deliver(
+        self, tx: Any, run_id: str, topic: str, payload: str, sender: str | None
+    ) -> Message:
+        """Insert a message for ``run_id`` and wake it if it waits for ``topic``."""
+        now = time.time()
+        run = self._get(tx, run_id, self._d.lock_rows)
+        if run.state.terminal:
+            raise InvalidState(
+                f"run {run_id} is {run.state.value}; a message to it would never be read"
             )
-            assert row is not None
-            if run.state == RunState.WAITING and run.waiting_for == f"message:{topic}":
-                tx.execute(
-                    "UPDATE kernos_runs SET state = 'queued', waiting_for = NULL, run_at = ?, "
-                    "updated_at = ? WHERE id = ?",
-                    (now, now, run_id),
-                )
-                self._d.notify(tx)
-            return Message(int(row[0]), run_id, topic, payload, sender, now, None)
+        row = tx.fetchone(
+            "INSERT INTO kernos_messages (run_id, topic, payload, sender, created_at) "
+            "VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (run_id, topic, payload, sender, now),
+        )
+        assert row is not None
+        if run.state == RunState.WAITING and run.waiting_for == f"message:{topic}":
+            tx.execute(
+                "UPDATE kernos_runs SET state = 'queued', waiting_for = NULL, run_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (now, now, run_id),
+            )
+            self._d.notify(tx)
+        return Message(int(row[0]), run_id, topic, payload, sender, now, None)
+
+    def _send_from_run(
+        self, run_id: str, token: int, events: Sequence[Event], to: str, topic: str, payload: str
+    ) -> Message:
+        with self._d.write() as tx:
+            self._own(tx, run_id, token)
+            self._insert_events(tx, run_id, events)
+            return self._deliver(tx, to, topic, payload, run_id)
+
+    async def send_from_run(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        events: Sequence[Event],
+        to: str,
+        topic: str,
+        payload: str,
+    ) -> Message:
+        """A run's message to another run, journaled in the sender in the same transaction:
+        sent exactly once, however often the sender is replayed."""
+        self.check_size(f"the message from run {run_id} to run {to}", payload)
+        self._check_events(events)
+        return await self._call(
+            self._send_from_run, run_id, token, list(events), to, topic, payload
+        )
 
     async def send_message(
         self, run_id: str, topic: str, payload: str, *, sender: str | None = None
