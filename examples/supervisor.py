@@ -34,7 +34,7 @@ async def specialist(ctx: kernos.RunContext, job: dict[str, Any]) -> str:
     )
     if ctx.parent_id is not None:
         await ctx.send(ctx.parent_id, "answers", {"role": job["role"], "text": answer.text})
-    return answer.text
+    return str(answer.text)
 
 
 @kernos.agent("supervisor")
