@@ -10,6 +10,9 @@
    once. The call retries, falls back across families, honours retry-after, and the trace and
    `kernos costs` show every attempt.
 
+7. A support agent (examples/support.py) answers a customer with real tools: it looks the order
+   up and refunds it, each model and tool call a journaled step, the refund made once.
+
 Everything runs on the embedded default database (SQLite under .kernos/), through the same
 `kernos` commands a user types.
 """
@@ -17,6 +20,7 @@ Everything runs on the embedded default database (SQLite under .kernos/), throug
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -36,6 +40,7 @@ console = Console(highlight=False)
 ROOT = Path(__file__).resolve().parent.parent
 EFFECTS = ROOT / ".kernos" / "demo-effects.log"
 CONFIG = ROOT / ".kernos" / "demo-kernos.toml"
+ACME_DB = ROOT / ".kernos" / "demo-acme.db"
 LEASE_TTL = 3.0
 SIM_FAULTS = [
     "anthropic:overloaded",  # 529 on every request: the breaker and the fallback get to work
@@ -45,6 +50,7 @@ ENV = {
     **os.environ,
     "KERNOS_CONFIG": str(CONFIG),
     "KERNOS_DEMO_EFFECTS": str(EFFECTS),
+    "KERNOS_ACME_DB": str(ACME_DB),
     "KERNOS_LEASE_TTL": str(LEASE_TTL),
     "KERNOS_POLL_INTERVAL": "0.2",
     "PYTHONUNBUFFERED": "1",
@@ -73,11 +79,11 @@ def show(cmd: list[str]) -> str:
     return text
 
 
-def start_worker(name: str) -> subprocess.Popen[bytes]:
-    console.print(f"[bold cyan]$ kernos worker --app examples.pipeline[/]   [dim]({name})[/]")
+def start_worker(name: str, app: str = "examples.pipeline") -> subprocess.Popen[bytes]:
+    console.print(f"[bold cyan]$ kernos worker --app {app}[/]   [dim]({name})[/]")
     with (ROOT / ".kernos" / f"demo-{name.replace(' ', '-')}.log").open("wb") as log:
         proc = subprocess.Popen(
-            [*KERNOS, "worker", "--app", "examples.pipeline", "--log-level", "WARNING"],
+            [*KERNOS, "worker", "--app", app, "--log-level", "WARNING"],
             env=ENV,
             cwd=ROOT,
             stdout=log,
@@ -115,6 +121,7 @@ async def wait_done(run_id: str, timeout: float) -> RunState:
 
 
 WORKERS: list[subprocess.Popen[bytes]] = []
+SIM_URL: list[str] = []
 
 
 def start_simulator() -> subprocess.Popen[bytes]:
@@ -134,6 +141,7 @@ def start_simulator() -> subprocess.Popen[bytes]:
         )
     WORKERS.append(proc)
     url = f"http://127.0.0.1:{port}"
+    SIM_URL.append(url)
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -250,6 +258,8 @@ async def story() -> None:
     )
     show(["costs", "--by", "model"])
 
+    await support_conversation()
+
     worker_b.send_signal(signal.SIGTERM)
     code = worker_b.wait(timeout=30)
     console.print()
@@ -257,6 +267,47 @@ async def story() -> None:
         f"[dim]worker B stopped on SIGTERM with exit code {code}. "
         f"Demo took {time.monotonic() - started:.1f} s.[/]"
     )
+
+
+async def support_conversation() -> None:
+    """Act 7: the support agent of examples/support.py, on the simulator's scripted replies."""
+    act(
+        7,
+        "a support agent with tools",
+        "A declarative kernos.Agent (examples/support.py): each model call and each tool call is "
+        "a journaled step. The model's replies are scripted in the simulator; the tools are real "
+        "and the refund lands in a ledger keyed by the call's idempotency key.",
+    )
+    ACME_DB.unlink(missing_ok=True)
+    lookup = {"tool_calls": [{"name": "lookup_order", "arguments": {"order_id": "A-17"}}]}
+    refund = {
+        "tool_calls": [
+            {
+                "name": "issue_refund",
+                "arguments": {"order_id": "A-17", "amount": 42.5, "reason": "arrived broken"},
+            }
+        ]
+    }
+    answer = "I'm sorry about the kettle. I refunded 42.50 EUR for order A-17."
+    show(["sim", "script", "openai", json.dumps(lookup), json.dumps(refund), answer,
+          "--url", SIM_URL[0]])  # fmt: skip
+    worker_c = start_worker("worker C", app="examples.support")
+    question = '"My kettle (order A-17) arrived broken. Can I have my money back?"'
+    run_id = show(["run", "support", "--app", "examples.support", "--input", question])
+    state = await wait_done(run_id, timeout=60)
+    console.print(f"run {run_id} is [bold green]{state.value}[/].")
+    show(["inspect", run_id])
+    sys.path.insert(0, str(ROOT))
+    from examples.support import refunds
+
+    os.environ["KERNOS_ACME_DB"] = str(ACME_DB)
+    made = refunds()
+    console.print(
+        f"[bold]{len(made)} refund(s) in the ledger[/]: "
+        + ", ".join(f"{r['order_id']} {r['amount']:.2f} (key {r['key']})" for r in made)
+    )
+    worker_c.send_signal(signal.SIGTERM)
+    worker_c.wait(timeout=30)
 
 
 if __name__ == "__main__":

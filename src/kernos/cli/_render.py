@@ -96,7 +96,7 @@ _STATUS = {
     "tool_completed": "completed",
     "tool_failed": "failed",
     "message_taken": "completed",
-    "mailbox_empty": "completed",
+    "mailbox_empty": "empty",
     "note": "completed",
 }
 
@@ -131,7 +131,8 @@ def steps_of(events: list[Event]) -> list[StepSummary]:
             s.error = None
         if ev.type == "child_result" and ev.payload.get("state") != "completed":
             s.status = ev.payload.get("state", "failed")
-    return [steps[k] for k in sorted(steps)]
+    # a turn's look at an empty mailbox is in the trace; in a list of steps it is noise
+    return [steps[k] for k in sorted(steps) if steps[k].status != "empty"]
 
 
 def _ms(seconds: float | None) -> str:
