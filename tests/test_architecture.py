@@ -195,6 +195,10 @@ PUBLIC_API = {
     "ToolRefused",
     "as_tool",
     "tool",
+    "ContextOverflow",
+    "ToolUnavailable",
+    "McpServer",
+    "mcp_server",
 }
 
 

@@ -4,13 +4,14 @@ Runs are durable (a run is its journal, replayed after any crash), owned by one 
 traced event by event, and able to wait for days at no cost. See README.md and DESIGN.md.
 """
 
-from kernos.agents import Agent, Tool, as_tool, tool
+from kernos.agents import Agent, McpServer, Tool, as_tool, mcp_server, tool
 from kernos.errors import (
     AgentFailed,
     AgentNotFound,
     Cancelled,
     ChildRunFailed,
     ConfigError,
+    ContextOverflow,
     DeterminismError,
     InfrastructureError,
     InvalidInput,
@@ -29,6 +30,7 @@ from kernos.errors import (
     StoreUnavailable,
     ToolCallFailed,
     ToolRefused,
+    ToolUnavailable,
     UsageError,
 )
 from kernos.gateway import (
@@ -66,6 +68,7 @@ __all__ = [
     "ChildRunFailed",
     "Client",
     "ConfigError",
+    "ContextOverflow",
     "DeterminismError",
     "Event",
     "Gateway",
@@ -76,6 +79,7 @@ __all__ = [
     "LLMCallFailed",
     "LLMResponse",
     "LeaseLost",
+    "McpServer",
     "Message",
     "NotSerializable",
     "ProviderUnavailable",
@@ -96,6 +100,7 @@ __all__ = [
     "ToolCallFailed",
     "ToolRefused",
     "ToolSpec",
+    "ToolUnavailable",
     "Usage",
     "UsageError",
     "Worker",
@@ -106,6 +111,7 @@ __all__ = [
     "connect",
     "default_services",
     "idempotency_key",
+    "mcp_server",
     "retry",
     "tool",
 ]

@@ -19,10 +19,12 @@ Every error says what happened, why, and what to do. The tree splits by who has 
     │   │   └── ProviderUnavailable   no provider answered before the call's deadline
     │   ├── ToolCallFailed      a tool call failed (its message is worded for the model)
     │   │   └── ToolRefused     the loop breaker would not make the call again
-    │   └── AgentFailed         an agent's tool loop could not finish (turns, output, escalation)
+    │   ├── AgentFailed         an agent's tool loop could not finish (turns, output, escalation)
+    │   └── ContextOverflow     a conversation cannot fit the model's window even compacted
     └── InfrastructureError     the database is unavailable or full: retry later
         ├── StoreUnavailable
         ├── StoreFull
+        ├── ToolUnavailable     the service behind a tool (an MCP server) is down or unreachable
         └── SchemaMismatch      the database's schema is newer than this code (not retryable)
 
 Control flow that user code must not swallow derives from ``BaseException`` (as
@@ -55,6 +57,7 @@ __all__ = [
     "StepFailed",
     "StoreFull",
     "StoreUnavailable",
+    "ToolUnavailable",
     "UsageError",
 ]
 
@@ -238,6 +241,49 @@ class AgentFailed(RunError):
         super().__init__(f"agent {agent!r} stopped ({reason}): {message}")
 
 
+class ContextOverflow(RunError):
+    """The conversation does not fit the model's window even after compaction.
+
+    Raised before the call, instead of the provider's 400: the parts compaction must keep
+    verbatim (system messages, pinned messages, the last turns) plus the summary are already
+    over the budget. ``tokens`` is that minimum, ``budget`` the limit; ``largest`` is the
+    index and size of the largest message kept, usually the one to shorten.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokens: int,
+        budget: int,
+        kept: int,
+        largest: tuple[int, int] | None,
+        summary_reserve: int | None,
+        keep_last: int,
+        pinned: int,
+    ) -> None:
+        self.tokens = tokens
+        self.budget = budget
+        self.largest = largest
+        compaction = (
+            f"reserves {summary_reserve} tokens for the summary"
+            if summary_reserve is not None
+            else "finds nothing else to summarise"
+        )
+        where = (
+            f"; the largest of them is message {largest[0]} at {largest[1]} tokens"
+            if largest is not None
+            else ""
+        )
+        super().__init__(
+            f"the conversation cannot fit the model's context: even compacted it needs "
+            f"{tokens} tokens and the budget is {budget}. Compaction keeps {kept} message(s) "
+            f"verbatim (system messages, {pinned} pinned, the last {keep_last}) and "
+            f"{compaction}{where}. Use a model with a larger window (or pass a larger one if "
+            f"the model has it), shorten the input (a long tool result or user message), pin "
+            f"fewer messages, or keep fewer recent ones (keep_last)."
+        )
+
+
 class InfrastructureError(KernosError):
     """The database (or another service kernos depends on) failed; retry later."""
 
@@ -250,6 +296,45 @@ class StoreUnavailable(InfrastructureError):
 
 class StoreFull(InfrastructureError):
     """The database has no space left; nothing of the failed write was kept."""
+
+
+class ToolUnavailable(InfrastructureError):
+    """The service behind a tool (an MCP server) is down or cannot be reached; retry later.
+
+    kernos reconnects (or restarts the server) in the background, so the same call may succeed
+    later without anyone acting: ``retry_after`` is when the next attempt to reconnect is due,
+    when kernos knows it. ``may_have_run`` is true when the call had been sent before the
+    service failed: its effect may have happened, so only an idempotent tool is retried blindly.
+    """
+
+    retryable = True
+
+    def __init__(
+        self,
+        service: str,
+        reason: str,
+        *,
+        tool: str | None = None,
+        retry_after: float | None = None,
+        may_have_run: bool = False,
+    ) -> None:
+        self.service = service
+        self.reason = reason
+        self.tool = tool
+        self.retry_after = retry_after
+        self.may_have_run = may_have_run
+        what = f"tool {tool!r} of {service}" if tool else service
+        when = f"in {retry_after:.1f} s" if retry_after is not None else "later"
+        if may_have_run:
+            advice = (
+                f"the call was sent before the failure and may have run: retry it {when} if the "
+                f"tool is idempotent, otherwise check its effect first"
+            )
+        elif tool:
+            advice = f"the call was not sent: retry it {when}"
+        else:
+            advice = f"retry {when}"
+        super().__init__(f"{what} is unavailable: {reason}; {advice}")
 
 
 class SchemaMismatch(InfrastructureError):

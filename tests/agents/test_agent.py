@@ -14,7 +14,7 @@ from _gateway_support import OA
 from pydantic import BaseModel
 
 import kernos
-from kernos.agents import Agent
+from kernos.agents import Agent, memory_tools
 from kernos.kernel import Client, Registry, Worker, output_of
 from kernos.sim import Reply, SimServer
 from kernos.sim import ToolCall as Call
@@ -404,6 +404,27 @@ async def test_an_agent_out_of_turns_fails_saying_so(
         done = await finish(client, (await client.start("chatty", "go")).id)
     assert done.state == RunState.FAILED
     assert done.error is not None and "max_turns" in done.error and "3 turns" in done.error
+
+
+async def test_an_agent_remembers_across_conversations(
+    client: Client, registry: Registry, sim: SimServer, agent_worker: AgentWorker
+) -> None:
+    Agent("memo", model=OA, tools=memory_tools("acme"), registry=registry)
+    sim.script(
+        "oa",
+        Reply(tool_calls=(Call(name="remember", arguments={"text": "Ana prefers email."}),)),
+        Reply(text="Noted."),
+        Reply(tool_calls=(Call(name="recall", arguments={"query": "how does Ana like contact"}),)),
+        Reply(text="By email."),
+    )
+    async with agent_worker():
+        first = await finish(client, (await client.start("memo", "I'm Ana; email me.")).id)
+        second = await finish(client, (await client.start("memo", "How do I reach Ana?")).id)
+    assert first.state == second.state == RunState.COMPLETED, (first.error, second.error)
+    assert tool_texts(requests(sim)[1]) == ["Remembered."]
+    assert tool_texts(requests(sim)[3]) == ["- Ana prefers email."]
+    search = next(e for e in await client.journal(second.id) if e.type == "memory_search")
+    assert search.name == "acme" and search.payload["hits"][0]["text"] == "Ana prefers email."
 
 
 def test_agent_definitions_are_checked_when_written(registry: Registry) -> None:

@@ -550,3 +550,9 @@ def test_a_provider_is_found_by_name() -> None:
         "unknown provider 'azure' (configured providers: ollama, openai); add a "
         "[providers.azure] table to kernos.toml or fix the name"
     )
+
+
+def test_the_mcp_table_of_the_same_file_is_left_to_the_agents_layer(tmp_path: Path) -> None:
+    text = '[routes]\nsupport = ["openai:gpt-4.1-mini"]\n\n[mcp.servers.billing]\ncommand = "x"\n'
+    config = load_config(write(tmp_path, text), env={})
+    assert [str(e.model) for e in config.routes["support"]] == ["gpt-4.1-mini"]

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from kernos.agents._keeper import ContextKeeper
 from kernos.agents._loops import LoopGuard
+from kernos.agents._mcp import McpServer
 from kernos.agents._tools import Tool, as_tool
 from kernos.errors import AgentFailed, ChildRunFailed, ToolCallFailed, ToolRefused, UsageError
 from kernos.gateway import Message, ToolCall, ToolSpec
@@ -37,6 +40,8 @@ from kernos.kernel import (
     RetryPolicy,
     RunContext,
 )
+
+log = logging.getLogger("kernos.agents")
 
 #: the topic on which people and other runs add messages to a conversation
 USER_TOPIC = "user"
@@ -68,7 +73,71 @@ class AgentTool:
         )
 
 
-ToolLike = Tool | AgentTool | Callable[..., Any]
+class MemoryTool:
+    """One of the two tools ``memory_tools`` gives an agent: ``remember`` or ``recall``.
+
+    Served by the loop itself through ``ctx.memory`` (so each is a journaled memory read or
+    write, with the query and the hits in the trace), not by a function.
+    """
+
+    def __init__(self, op: Literal["remember", "recall"], namespace: str, k: int) -> None:
+        self.op = op
+        self.name = op
+        self.namespace = namespace
+        self.k = k
+
+    @property
+    def spec(self) -> ToolSpec:
+        if self.op == "remember":
+            return ToolSpec(
+                name="remember",
+                description=(
+                    "Save a fact worth knowing in later conversations (a preference, a "
+                    "decision, an id). One fact per call, in a full sentence."
+                ),
+                parameters=_string_parameter("text", "The fact to remember."),
+            )
+        return ToolSpec(
+            name="recall",
+            description="Search what was remembered in earlier conversations.",
+            parameters=_string_parameter("query", "Words to search for."),
+        )
+
+    async def call(self, ctx: RunContext, arguments: Mapping[str, Any]) -> str:
+        key = "text" if self.op == "remember" else "query"
+        value = arguments.get(key)
+        if not isinstance(value, str) or not value.strip():
+            return f"Error: {self.op} needs a non-empty string '{key}'."
+        if self.op == "remember":
+            await ctx.memory.put(self.namespace, value)
+            return "Remembered."
+        hits = await ctx.memory.search(self.namespace, value, self.k)
+        if not hits:
+            return "Nothing remembered matches."
+        return "\n".join(f"- {h.memory.text}" for h in hits)
+
+
+def memory_tools(namespace: str, *, k: int = 5) -> list[MemoryTool]:
+    """Tools that let an agent remember facts in ``namespace`` and recall them later.
+
+    Memories are kept per tenant (the run's); ``k`` is how many a recall returns.
+    """
+    if not isinstance(namespace, str) or not namespace.strip():
+        raise UsageError("memory_tools needs a namespace, like 'acme-support'")
+    return [MemoryTool("remember", namespace, k), MemoryTool("recall", namespace, k)]
+
+
+def _string_parameter(name: str, description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {name: {"type": "string", "description": description}},
+        "required": [name],
+        "additionalProperties": False,
+    }
+
+
+ToolLike = Tool | AgentTool | MemoryTool | McpServer | Callable[..., Any]
+AnyTool = Tool | AgentTool | MemoryTool
 
 
 class Agent:
@@ -94,6 +163,11 @@ class Agent:
         max_same_failures: int = 3,
         escalate: Escalation = "fail",
         max_tool_output: int = 16_000,
+        context_window: int | None = None,
+        keep_last: int = 6,
+        compact_at: float = 0.8,
+        summary_model: str | None = None,
+        pin_task: bool = True,
         params: Mapping[str, Any] | None = None,
         description: str = "",
         version: str = "1",
@@ -125,7 +199,21 @@ class Agent:
         self.escalate = escalate
         self.max_tool_output = max_tool_output
         self.params = dict(params or {})
+        self.pin_task = pin_task
+        try:
+            self.context = ContextKeeper(
+                name,
+                model,
+                window=context_window,
+                max_tokens=self.params.get("max_tokens"),
+                keep_last=keep_last,
+                compact_at=compact_at,
+                summary_route=summary_model or model,
+            )
+        except ValueError as exc:
+            raise UsageError(f"agent {name!r}: {exc}") from None
         self.version = version
+        self.servers = [t for t in tools if isinstance(t, McpServer)]
         self.tools = _resolve(name, tools)
         (registry or REGISTRY).add(AgentSpec(name, version, self.run, None, max_concurrency, retry))
 
@@ -134,26 +222,27 @@ class Agent:
         return AgentTool(self, description)
 
     def __repr__(self) -> str:
-        return f"Agent({self.name!r}, model={self.model!r}, tools={sorted(self.tools)})"
+        servers = "".join(f", mcp={s.name!r}" for s in self.servers)
+        return f"Agent({self.name!r}, model={self.model!r}, tools={sorted(self.tools)}{servers})"
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self, ctx: RunContext, input: Any) -> Any:
         """The agent's code: what a worker runs (and replays) for each of its runs."""
         guard = LoopGuard(max_same_failures=self.max_same_failures, budget=self.tool_budget)
-        messages = [*self._system(), *_first_messages(input)]
-        specs = [t.spec for t in self.tools.values()]
+        first = _first_messages(input)
+        messages = [*self._system(), *first]
+        pinned = [m for m in first if m.role == "user"][:1] if self.pin_task else []
+        tools = await self._tools()
+        specs = [t.spec for t in tools.values()]
         repairs = 0
         refused_turns = 0
         for _turn in range(self.max_turns):
             messages.extend(await _arrived(ctx))
             budget_spent = guard.budget is not None and guard.calls >= guard.budget
-            response = await ctx.llm(
-                self.model,
-                messages,
-                tools=(specs or None) if not budget_spent else None,
-                **self.params,
-            )
+            offered = specs if not budget_spent else []
+            messages = await self.context.fit(ctx, messages, offered, pinned)
+            response = await ctx.llm(self.model, messages, tools=offered or None, **self.params)
             messages.append(response.message())
             if not response.tool_calls:
                 done, value, problem = self._final(response.text)
@@ -169,7 +258,7 @@ class Agent:
                     )
                 messages.append(Message(role="user", content=_repair_request(problem)))
                 continue
-            results, refusals = await self._call_tools(ctx, guard, response.tool_calls)
+            results, refusals = await self._call_tools(ctx, guard, tools, response.tool_calls)
             messages.extend(results)
             refused_turns = refused_turns + 1 if refusals else 0
             if refused_turns >= 2:
@@ -209,8 +298,32 @@ class Agent:
             return False, None, problems
         return True, value.model_dump(mode="json"), ""
 
+    async def _tools(self) -> dict[str, AnyTool]:
+        """This agent's tools, with those its MCP servers list now (each server's list is
+        cached and refreshed when the server says it changed)."""
+        if not self.servers:
+            return self.tools
+        tools = dict(self.tools)
+        for server in self.servers:
+            for tool in await server.tools():
+                if tool.name in tools:
+                    log.warning(
+                        "agent %s: MCP server %s offers a tool named %r, which the agent "
+                        "already has; the agent's own is kept",
+                        self.name,
+                        server.name,
+                        tool.name,
+                    )
+                    continue
+                tools[tool.name] = tool
+        return tools
+
     async def _call_tools(
-        self, ctx: RunContext, guard: LoopGuard, calls: Sequence[ToolCall]
+        self,
+        ctx: RunContext,
+        guard: LoopGuard,
+        tools: Mapping[str, AnyTool],
+        calls: Sequence[ToolCall],
     ) -> tuple[list[Message], list[ToolRefused]]:
         """Answer every tool call of one turn, in the model's order.
 
@@ -220,7 +333,9 @@ class Agent:
         """
         refusals: list[ToolRefused] = []
 
-        async def one(call: ToolCall, tool: Tool) -> str:
+        async def one(call: ToolCall, tool: Tool | MemoryTool) -> str:
+            if isinstance(tool, MemoryTool):
+                return await tool.call(ctx, call.arguments)
             try:
                 result = await ctx.tool(tool, call.arguments, guard=guard)
             except ToolRefused as exc:
@@ -231,10 +346,10 @@ class Agent:
             return self._for_model(result)
 
         answers: dict[int, str] = {}
-        plain: list[tuple[int, ToolCall, Tool]] = []
+        plain: list[tuple[int, ToolCall, Tool | MemoryTool]] = []
         children: list[tuple[int, ToolCall, AgentTool]] = []
         for i, call in enumerate(calls):
-            target = self.tools.get(call.name)
+            target = tools.get(call.name)
             if call.raw_arguments is not None:
                 answers[i] = (
                     f"Error: the arguments of {call.name} are not a JSON object "
@@ -243,7 +358,7 @@ class Agent:
             elif target is None:
                 answers[i] = (
                     f"Error: there is no tool named {call.name!r}; the tools are: "
-                    f"{', '.join(sorted(self.tools)) or 'none'}."
+                    f"{', '.join(sorted(tools)) or 'none'}."
                 )
             elif isinstance(target, AgentTool):
                 children.append((i, call, target))
@@ -309,14 +424,16 @@ def _repair_request(problem: str) -> str:
     )
 
 
-def _resolve(agent: str, tools: Sequence[ToolLike | Agent]) -> dict[str, Tool | AgentTool]:
-    resolved: dict[str, Tool | AgentTool] = {}
+def _resolve(agent: str, tools: Sequence[ToolLike | Agent]) -> dict[str, AnyTool]:
+    resolved: dict[str, AnyTool] = {}
     for item in tools:
-        tool: Tool | AgentTool
+        tool: AnyTool
         if isinstance(item, Agent):
             tool = item.as_tool()
-        elif isinstance(item, Tool | AgentTool):
+        elif isinstance(item, Tool | AgentTool | MemoryTool):
             tool = item
+        elif isinstance(item, McpServer):
+            continue  # listed at run time
         else:
             tool = as_tool(item)
         if tool.name in resolved:

@@ -383,6 +383,7 @@ def load_config(
     if file is None:
         return GatewayConfig()
     data = _read_toml(file)
+    data.pop("mcp", None)  # the agents layer's MCP servers share the file (see kernos.agents)
     providers = data.get("providers", {})
     if isinstance(providers, Mapping):
         data["providers"] = {**{name: {} for name in _DEFAULT_PROVIDERS}, **providers}
