@@ -6,7 +6,8 @@
     kernos send RUN user "Please refund it, it arrived broken."
 
 Every model call and tool call is a journaled step: kill the worker mid-conversation and the
-next one resumes at the same turn without refunding anything twice. ``issue_refund`` shows how
+next one resumes at the same turn without refunding anything twice. The billing tools come
+from an MCP server (examples/billing_server.py) that the worker starts and restarts. ``issue_refund`` shows how
 a tool makes its effect exactly-once: it keys the refund by ``kernos.idempotency_key()``, which
 is the same on every attempt and after every crash, so a repeated call finds the refund made.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,12 @@ def issue_refund(order_id: str, amount: float, reason: str) -> dict[str, Any]:
     return {"refund_id": key, "order_id": order_id, "amount": amount, "currency": order["currency"]}
 
 
+#: the billing service's tools, from an MCP server process (examples/billing_server.py); in
+#: production it would be configured in kernos.toml and named: ``kernos.mcp_server("billing")``
+billing = kernos.McpServer.stdio(
+    "billing", sys.executable, [str(Path(__file__).with_name("billing_server.py"))]
+)
+
 support = kernos.Agent(
     name="support",
     model="support",  # a route in kernos.toml
@@ -103,7 +111,7 @@ support = kernos.Agent(
         "You help customers of ACME with their orders and refunds. Look an order up before "
         "you say anything about it. Refund only delivered orders, and say what you refunded."
     ),
-    tools=[lookup_order, issue_refund],
+    tools=[lookup_order, issue_refund, billing],
     max_turns=30,
     tool_budget=20,
 )

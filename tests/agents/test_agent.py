@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -425,6 +426,58 @@ async def test_an_agent_remembers_across_conversations(
     assert tool_texts(requests(sim)[3]) == ["- Ana prefers email."]
     search = next(e for e in await client.journal(second.id) if e.type == "memory_search")
     assert search.name == "acme" and search.payload["hits"][0]["text"] == "Ana prefers email."
+
+
+async def test_a_run_over_its_tool_budget_is_refused_and_offered_no_more_tools(
+    client: Client, registry: Registry, sim: SimServer, agent_worker: AgentWorker
+) -> None:
+    orders = Orders()
+    Agent("frugal", model=OA, tools=orders.tools(), tool_budget=2, registry=registry)
+    lookups = [
+        Reply(tool_calls=(Call(name="lookup_order", arguments={"order_id": f"A-{i}"}),))
+        for i in range(3)
+    ]
+    sim.script("oa", *lookups, Reply(text="Here is what I found."))
+    async with agent_worker():
+        done = await finish(client, (await client.start("frugal", "look up A-0..A-2")).id)
+    assert done.state == RunState.COMPLETED, done.error
+    assert len(orders.calls) == 2
+    said = tool_texts(requests(sim)[3])
+    assert said[-1].startswith("Refused: this run has made its 2 tool calls (its budget)")
+    assert "tools" in sim.log("oa")[0].request
+    assert "tools" not in sim.log("oa")[-1].request  # spent: the model must answer now
+
+
+async def test_a_person_adds_a_message_with_the_kernos_command(
+    client: Client, registry: Registry, sim: SimServer, agent_worker: AgentWorker, db_url: str
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @kernos.tool
+    async def slow() -> str:
+        """Takes a while."""
+        started.set()
+        await release.wait()
+        return "done"
+
+    Agent("listening", model=OA, tools=[slow], registry=registry)
+    sim.script("oa", Reply(tool_calls=(Call(name="slow", arguments={}),)), Reply(text="ok"))
+    async with agent_worker():
+        run = await client.start("listening", "go")
+        await asyncio.wait_for(started.wait(), 15)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kernos", "send", run.id, "user",
+            "Please also refund the shipping.", "--database", db_url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        release.set()
+        done = await finish(client, run.id)
+    assert done.state == RunState.COMPLETED, done.error
+    assert f"sent to run {run.id}" in out.decode()
+    assert requests(sim)[1][-1] == {"role": "user", "content": "Please also refund the shipping."}
 
 
 def test_agent_definitions_are_checked_when_written(registry: Registry) -> None:

@@ -37,7 +37,12 @@ async def test_the_support_agent_looks_up_refunds_and_answers(
     sim = kernos_sim
     sim.script(
         "oa",
-        Reply(tool_calls=(Call(name="lookup_order", arguments={"order_id": "A-17"}),)),
+        Reply(
+            tool_calls=(
+                Call(name="lookup_order", arguments={"order_id": "A-17"}),
+                Call(name="invoice", arguments={"order_id": "A-17"}),  # from the MCP server
+            )
+        ),
         Reply(
             tool_calls=(
                 Call(
@@ -62,5 +67,6 @@ async def test_the_support_agent_looks_up_refunds_and_answers(
     assert [(r["order_id"], r["amount"]) for r in made] == [("A-17", 42.5)]
     assert made[0]["key"].startswith(f"{run.id}:")
     told = [m["content"] for m in sim.log("oa")[-1].request["messages"] if m["role"] == "tool"]
-    assert "only delivered orders refund" in told[1]
-    assert '"refund_id"' in told[2]
+    assert '"INV-991"' in told[1]
+    assert "only delivered orders refund" in told[2]
+    assert '"refund_id"' in told[3]

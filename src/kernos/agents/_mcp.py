@@ -164,7 +164,9 @@ class McpServer:
     docstring for the guarantees).
 
     Build one per server and per process and share it: each instance owns its own session
-    (and, for stdio, its own server process). It belongs to the event loop that first uses it.
+    (and, for stdio, its own server process). It belongs to the event loop that first uses it
+    and, once that loop has ended, to the next one (a module-level server survives a test's
+    loop, or one ``asyncio.run`` after another).
     Close it with :meth:`aclose` (or ``async with``), which also stops a stdio server.
     """
 
@@ -345,17 +347,27 @@ class McpServer:
         if self._closed:
             raise self._closed_error()
         loop = asyncio.get_running_loop()
+        if self._owner is not None and self._loop is not loop and self._loop is not None:
+            if not self._loop.is_closed():
+                raise UsageError(
+                    f"MCP server {self.name!r} is used from another event loop than the one "
+                    f"it runs on, which is still running: build one McpServer per event loop"
+                )
+            # The loop it ran on has ended (an asyncio.run that returned, a test's loop):
+            # its session went with it. Start afresh on this loop; its process, its pipes
+            # closed, exits on its own.
+            self._owner = None
+            self._connection = None
+            self._attempt = None
+            self._closing = None
+            self._listing = asyncio.Lock()
+            self._generation += 1
         if self._owner is None:
             self._loop = loop
             self._closing = loop.create_future()
             self._attempt = loop.create_future()
             self._owner = loop.create_task(
                 self._keep_connected(self._attempt), name=f"kernos-mcp-{self.name}"
-            )
-        elif self._loop is not loop:
-            raise UsageError(
-                f"MCP server {self.name!r} is used from another event loop than the one it "
-                f"started on: build one McpServer per event loop"
             )
 
     async def _keep_connected(self, attempt: asyncio.Future[_Connection | str]) -> None:

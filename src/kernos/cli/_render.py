@@ -98,6 +98,9 @@ _STATUS = {
     "message_taken": "completed",
     "mailbox_empty": "empty",
     "note": "completed",
+    "memory_put": "completed",
+    "memory_search": "completed",
+    "message_sent": "completed",
 }
 
 
@@ -273,6 +276,14 @@ def _event_detail(ev: Event) -> str:
         return f"message{sender}: {_short(dumps(p.get('payload')), 200)}"
     if ev.type == "note":
         return _short(dumps(p), 300)
+    if ev.type == "memory_put":
+        return f"{p.get('id')}: {_short(str(p.get('text', '')), 200)}"
+    if ev.type == "memory_search":
+        hits = p.get("hits") or []
+        best = f"; best: {_short(str(hits[0].get('text', '')), 120)}" if hits else ""
+        return f"{p.get('query')!r} -> {len(hits)} hit(s){best}"
+    if ev.type == "message_sent":
+        return f"to run {p.get('to')}"
     if "reason" in p:
         return str(p["reason"])
     return ""
