@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 import pytest
 from _kernel_support import WorkerFactory
+from _procs import Workers
 
 from kernos.kernel import Client, Registry, Worker, WorkerConfig, connect
 from kernos.testing import FAST, running_worker
@@ -81,3 +82,29 @@ def worker(client: Client, registry: Registry) -> WorkerFactory:
         return running_worker(client, registry, config)
 
     return start
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Real worker processes for one test (``python -m kernos worker``), all killed after it."""
+    procs = Workers(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+@pytest.fixture
+def app_client_for(db_url: str) -> Callable[[Registry], AbstractAsyncContextManager[Client]]:
+    """``async with app_client_for(registry) as client:`` a client on the test's database that
+    knows the agents of an app module (``load_app(...)``)."""
+
+    @asynccontextmanager
+    async def open_client(registry: Registry) -> AsyncIterator[Client]:
+        c = await connect(db_url, registry=registry)
+        try:
+            yield c
+        finally:
+            await c.close()
+
+    return open_client

@@ -18,7 +18,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,15 +38,6 @@ from kernos.testing import wait_until
 
 REGISTRY = load_app(str(APPS / "recovery_app.py"))  # the agents the worker processes run
 import recovery_app as app  # noqa: E402 - importable once load_app put tests/apps on sys.path
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    procs = Workers(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.close()
 
 
 @asynccontextmanager

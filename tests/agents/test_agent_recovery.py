@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from _gateway_support import config_for, write_config
-from _kernel_support import until
+from _kernel_support import ClientFor, until
 from _procs import APPS, Workers
 
-from kernos.kernel import Client, connect, load_app, output_of
+from kernos.kernel import Client, load_app, output_of
 from kernos.sim import Reply, SimServer
 from kernos.sim import ToolCall as Call
 from kernos.store import RunState
@@ -23,21 +23,9 @@ APP = load_app(str(APPS / "agent_app.py"))
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    procs = Workers(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.close()
-
-
-@pytest.fixture
-async def app_client(db_url: str) -> AsyncIterator[Client]:
-    c = await connect(db_url, registry=APP)
-    try:
-        yield c
-    finally:
-        await c.close()
+async def app_client(app_client_for: ClientFor) -> AsyncIterator[Client]:
+    async with app_client_for(APP) as client:
+        yield client
 
 
 def effects(path: Path) -> list[dict[str, str]]:

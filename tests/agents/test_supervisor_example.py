@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from _gateway_support import OA, config_for
+from _kernel_support import ClientFor
 
 from kernos.gateway import default_services
-from kernos.kernel import Client, connect, load_app, output_of
+from kernos.kernel import Client, load_app, output_of
 from kernos.sim import SimServer
 from kernos.store import RunState
 from kernos.testing import FAST, running_worker
@@ -18,12 +19,9 @@ APP = load_app("examples.supervisor")
 
 
 @pytest.fixture
-async def app_client(db_url: str) -> AsyncIterator[Client]:
-    c = await connect(db_url, registry=APP)
-    try:
-        yield c
-    finally:
-        await c.close()
+async def app_client(app_client_for: ClientFor) -> AsyncIterator[Client]:
+    async with app_client_for(APP) as client:
+        yield client
 
 
 async def test_the_supervisor_collects_both_answers(

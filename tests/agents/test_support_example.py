@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from _gateway_support import OA, config_for
+from _kernel_support import ClientFor
 
 from kernos.gateway import default_services
-from kernos.kernel import Client, connect, load_app, output_of
+from kernos.kernel import Client, load_app, output_of
 from kernos.sim import Reply, SimServer
 from kernos.sim import ToolCall as Call
 from kernos.store import RunState
@@ -20,12 +21,9 @@ APP = load_app("examples.support")
 
 
 @pytest.fixture
-async def app_client(db_url: str) -> AsyncIterator[Client]:
-    c = await connect(db_url, registry=APP)
-    try:
-        yield c
-    finally:
-        await c.close()
+async def app_client(app_client_for: ClientFor) -> AsyncIterator[Client]:
+    async with app_client_for(APP) as client:
+        yield client
 
 
 async def test_the_support_agent_looks_up_refunds_and_answers(

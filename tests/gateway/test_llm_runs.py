@@ -4,7 +4,7 @@ killed (SIGKILL, a real process) in the middle of a backoff."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +132,6 @@ async def test_without_an_llm_service_ctx_llm_is_a_clear_usage_error(
 
 
 # -- a worker killed during a backoff -----------------------------------------------------------
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    procs = Workers(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.close()
 
 
 @pytest.fixture

@@ -29,21 +29,23 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
 from kernos.errors import ConfigError
+from kernos.gateway import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_FILE,
+    find_config_file,
+    problem_reason,
+    read_config_file,
+)
 
-#: read from the working directory when ``KERNOS_CONFIG`` is not set (as the gateway does)
-DEFAULT_CONFIG_FILE: Final = "kernos.toml"
-#: environment variable naming another config file (as the gateway's)
-CONFIG_ENV: Final = "KERNOS_CONFIG"
 #: seconds a call may take, and a server may take to start, unless configured
 DEFAULT_TIMEOUT: Final = 30.0
 
@@ -154,14 +156,14 @@ def server_settings(
 ) -> ServerSettings:
     """The settings of ``[mcp.servers.NAME]`` in the config file; ``ConfigError`` saying what is
     wrong (no file, no such server, a bad key, an unset variable) and how to fix it."""
-    file = _find_file(path, env)
+    file = find_config_file(path, env)
     if file is None:
         raise ConfigError(
             f"no MCP server {name!r} is configured: there is no ./{DEFAULT_CONFIG_FILE} (and "
             f"{CONFIG_ENV} is not set); add a [mcp.servers.{name}] table to {DEFAULT_CONFIG_FILE} "
             f"or build the server in code with McpServer.stdio(...) or McpServer.http(...)"
         )
-    data = _read_toml(file)
+    data = read_config_file(file)
     section = data.get("mcp", {})
     try:
         mcp = _McpSection.model_validate(section)
@@ -218,47 +220,6 @@ def _variable(where: str, key: str, variable: str, env: Mapping[str, str]) -> st
     return value
 
 
-def _find_file(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
-    if path is not None:
-        file = Path(path)
-        if not file.exists():
-            raise ConfigError(f"{file}: no such config file (check the path passed to kernos)")
-        return file
-    named = env.get(CONFIG_ENV, "")
-    if named:
-        file = Path(named)
-        if not file.exists():
-            raise ConfigError(
-                f"{file}: no such config file ({CONFIG_ENV} names it; fix the path, or unset "
-                f"{CONFIG_ENV} to read ./{DEFAULT_CONFIG_FILE})"
-            )
-        return file
-    file = Path(DEFAULT_CONFIG_FILE)
-    return file if file.exists() else None
-
-
-def _read_toml(file: Path) -> dict[str, Any]:
-    try:
-        with file.open("rb") as stream:
-            return tomllib.load(stream)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not valid TOML: the file is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot be read: {exc.strerror or exc}") from None
-
-
-_MUST: Final[Mapping[str, str]] = {
-    "float_type": "must be a number",
-    "string_type": "must be a string",
-    "dict_type": "must be a table",
-    "model_type": "must be a table",
-    "list_type": "must be a list",
-    "greater_than": "must be a positive number",
-}
-
-
 def _describe(error: ErrorDetails) -> str:
     """One problem as a person editing the file needs it: ``mcp.servers.x.timeout: must be a
     positive number, got -5``."""
@@ -270,8 +231,7 @@ def _describe(error: ErrorDetails) -> str:
         return f"{where}: unknown key (the keys of a server are: {_keys()})"
     if kind == "value_error":
         return f"{where}: {error['msg'].removeprefix('Value error, ')}"
-    must = _MUST.get(kind, error["msg"])
-    return f"{where}: {must}, got {error.get('input')!r}"
+    return f"{where}: {problem_reason(error)}"
 
 
 def _keys() -> str:

@@ -7,11 +7,16 @@ along a route, client-side rate limits, and cost from real usage.
 
 from kernos.gateway._attempts import Attempt
 from kernos.gateway._config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_FILE,
     Endpoint,
     GatewayConfig,
     GatewaySettings,
     ProviderConfig,
+    find_config_file,
     load_config,
+    problem_reason,
+    read_config_file,
 )
 from kernos.gateway._costs import GROUPS, CostGroup, CostLine, cost_report
 from kernos.gateway._gateway import Gateway
@@ -30,6 +35,8 @@ from kernos.gateway._types import (
 )
 
 __all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG_FILE",
     "GROUPS",
     "Attempt",
     "CostGroup",
@@ -56,5 +63,8 @@ __all__ = [
     "Usage",
     "cost_report",
     "default_services",
+    "find_config_file",
     "load_config",
+    "problem_reason",
+    "read_config_file",
 ]

@@ -379,10 +379,10 @@ def load_config(
     not. ``[providers]`` in a file adds to the default ``openai`` and ``anthropic`` providers,
     redefining them only by name. Every problem raises ``ConfigError`` naming the file and key.
     """
-    file = _find_file(path, env)
+    file = find_config_file(path, env)
     if file is None:
         return GatewayConfig()
-    data = _read_toml(file)
+    data = read_config_file(file)
     data.pop("mcp", None)  # the agents layer's MCP servers share the file (see kernos.agents)
     providers = data.get("providers", {})
     if isinstance(providers, Mapping):
@@ -395,7 +395,9 @@ def load_config(
         raise ConfigError(problems) from None
 
 
-def _find_file(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
+def find_config_file(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    """The config file: ``path``, else what ``KERNOS_CONFIG`` names (both must exist), else
+    ``./kernos.toml`` if there is one. Every section of the file is read from the same one."""
     if path is not None:
         file = Path(path)
         if not file.exists():
@@ -414,7 +416,8 @@ def _find_file(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
     return file if file.exists() else None
 
 
-def _read_toml(file: Path) -> dict[str, object]:
+def read_config_file(file: Path) -> dict[str, object]:
+    """The file's TOML, or ``ConfigError`` naming the file and what is wrong."""
     try:
         with file.open("rb") as stream:
             return tomllib.load(stream)
@@ -445,11 +448,13 @@ def _describe(error: ErrorDetails) -> str:
     """``key.path: what is wrong, got VALUE`` for one of pydantic's errors."""
     ctx = error.get("ctx", {})
     loc = (*error["loc"], *ctx.get("path", ()))
-    reason = _reason(error, loc)
+    reason = problem_reason(error, loc)
     return f"{_dotted(loc)}: {reason}" if loc else reason
 
 
-def _reason(error: ErrorDetails, loc: tuple[str | int, ...]) -> str:
+def problem_reason(error: ErrorDetails, loc: tuple[str | int, ...] = ()) -> str:
+    """What is wrong with a value of the config file, in words for the person editing it
+    (``must be a positive number, got -5``): shared by every section of kernos.toml."""
     kind, ctx, got = error["type"], error.get("ctx", {}), _show(error["input"])
     if kind == "kernos":
         return str(ctx["message"])
