@@ -1,7 +1,7 @@
 """kernos benchmarks (issue #4, section 8; issue #5, section 6): ``make bench`` runs this and
 prints one table.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only a,b,c,d,e,f,g,h]
+    .venv/bin/python benchmarks/run.py [--quick] [--only a,b,c,d,e,f,g,h,i,j,k]
                                        [--backends sqlite,postgresql]
 
 (a) per-step overhead of ``ctx.step`` against the single-commit floor measured in the same run;
@@ -11,7 +11,10 @@ LangGraph) from ``.kernos/bench-peers.json``, written by ``make bench-peers``. T
 against the provider simulator in its own process (no database, so once, not per backend):
 (f) the gateway's added latency over calling the SDK directly; (g) goodput of 1,000 calls
 through an outage and a flaky fallback; (h) the same through LiteLLM's Router, run with
-``.bench-venv``'s python (``make bench-peers`` installs it).
+``.bench-venv``'s python (``make bench-peers`` installs it). The Agent's (issue #6, section 7),
+on the simulator's tool-loop model: (i) the Agent loop's overhead per turn over raw SDK calls;
+(j) 1,000 concurrent 10-turn conversations in one worker: turns/s and memory per conversation;
+(k) the same workload on the OpenAI Agents SDK and LangGraph, run with ``.bench-venv``'s python.
 
 The machine is noisy: every figure is printed with the floor measured in the same process just
 before it, and the ratio to that floor is what to compare. These are measurements, never tests:
@@ -118,7 +121,7 @@ def main() -> int:
     ap.add_argument(
         "--quick", action="store_true", help="fewer steps, runs, kills, repeats, LLM calls"
     )
-    ap.add_argument("--only", default="a,b,c,d,e,f,g,h", help="which measurements, e.g. a,b")
+    ap.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j,k", help="which measurements, e.g. a,b")
     ap.add_argument("--backends", default=",".join(BACKENDS), help="sqlite,postgresql")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -131,6 +134,7 @@ def main() -> int:
             "127.0.0.1:5432/test, its rows are skipped"
         )
 
+    import agents
     import memory
     import recovery
     import steps
@@ -141,6 +145,8 @@ def main() -> int:
         ("b", lambda b: steps.bench_b(b, total_steps=2000 if q else 5000, repeat=1 if q else 2)),
         ("c", lambda b: memory.bench_c(b, runs=2000 if q else 10_000)),
         ("d", lambda b: recovery.bench_d(b, kills=5 if q else 20, ttl=2.0)),
+        ("i", lambda b: agents.bench_i(b, rounds=10 if q else 30, warmup=3 if q else 5)),
+        ("j", lambda b: agents.bench_j(b, conversations=200 if q else 1000)),
     ]
     rows: list[Row] = []
     failed = False
@@ -167,6 +173,20 @@ def main() -> int:
         rows_fgh, goodput_lines, fgh_failed = _gateway_benches(only, q, notes)
         rows.extend(rows_fgh)
         failed = failed or fgh_failed
+    agent_lines: list[str] = []
+    if "k" in only:
+        start = time.perf_counter()
+        print("running (k) on the simulator ...", file=sys.stderr, flush=True)
+        try:
+            rows_k, info_k = agents.bench_k(rounds=10 if q else 30, warmup=3 if q else 5)
+            rows.extend(rows_k)
+            notes.extend(info_k)
+        except Exception:
+            failed = True
+            notes.append(f"(k) failed:\n{traceback.format_exc()}")
+            print(notes[-1], file=sys.stderr)
+        print(f"  (k): {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+        agent_lines = agents.compare_k(rows)
     peer_rows: list[Row] = []
     if "e" in only:
         peer_rows, info = _peer_rows()
@@ -178,12 +198,16 @@ def main() -> int:
             rows + peer_rows,
             f"kernos benchmarks{' (--quick)' if q else ''}: value, floor (same run), "
             f"ratio to floor; b/e-b floor = single-commit rate; d floor = lease TTL; "
-            f"f floor = the SDK called directly",
+            f"f floor = the SDK called directly; i/k floor = the same model calls on the bare "
+            f"SDK client + the tool awaited; j floor = the same conversations on the bare SDK",
         )
     )
     if goodput_lines:
         print("\n(g) kernos vs (h) LiteLLM's Router: the same calls, faults and seed")
         print("\n".join(goodput_lines))
+    if agent_lines:
+        print("\n(k) added ms per turn over each one's own floor (lower is better):")
+        print("\n".join(agent_lines))
     if peer_rows:
         print(
             "\n(e) kernos vs peers, by ratio to each run's own floor (lower is better for a, "

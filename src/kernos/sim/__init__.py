@@ -12,6 +12,11 @@ before their end, dropped connections, outage windows, and a fault rate. Tests a
         sim.script("openai", Reply(tool_calls=(ToolCall(name="lookup", arguments={"id": 7}),)))
         client = openai.OpenAI(base_url=sim.openai_base_url("openai"), api_key="sim")
 
+Many concurrent tool-calling conversations need no script: a model named ``loop-N``
+(``loop_model(N)``) answers N-1 calls of the first tool the request offers, then a final text,
+deciding from the request alone (see ``_loop``). Answers come at once: the simulator adds no
+latency unless a ``slow`` or ``hang`` fault says so.
+
 The simulator shares no code with the gateway it tests: it depends on nothing in kernos but
 ``kernos.errors``.
 """
@@ -23,6 +28,7 @@ from kernos.sim._faults import (
     FaultKind,
     parse_provider_fault,
 )
+from kernos.sim._loop import loop_model
 from kernos.sim._script import FinishReason, Reply, ToolCall, Usage
 from kernos.sim._server import SimServer, serve
 from kernos.sim._simulator import ALL_PROVIDERS, LogEntry, Simulator
@@ -40,6 +46,7 @@ __all__ = [
     "Simulator",
     "ToolCall",
     "Usage",
+    "loop_model",
     "parse_provider_fault",
     "serve",
 ]

@@ -93,6 +93,22 @@ class AnthropicWire:
             input_tokens=prompt_tokens(chars),
         )
 
+    def tools(self, body: dict[str, Any]) -> list[tuple[str, Any]]:
+        return [
+            (t["name"], t.get("input_schema"))
+            for t in body.get("tools") or ()
+            if isinstance(t, dict) and isinstance(t.get("name"), str)
+        ]
+
+    def tool_results(self, body: dict[str, Any]) -> int:
+        return sum(
+            1
+            for m in body["messages"]
+            if isinstance(m, dict) and isinstance(m.get("content"), list)
+            for block in m["content"]
+            if isinstance(block, dict) and block.get("type") == "tool_result"
+        )
+
     def completion(self, c: Completion) -> bytes:
         content: list[dict[str, Any]] = [{"type": "text", "text": c.text}] if c.text else []
         content.extend(

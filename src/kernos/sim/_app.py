@@ -10,6 +10,10 @@
     POST /_sim/reset                          forget everything (optional {"seed": N})
     GET  /_sim/health
 
+A request for a model named ``loop-N`` that no scripted reply matches is answered by the
+tool-loop responder (``_loop``): N turns of a tool-calling conversation, decided from the
+request alone, so that any number of conversations can run at once.
+
 The request path is kept lean (one lock round trip to decide, one to log, no logging I/O): the
 gateway's benchmark measures its own overhead against calls made straight to this server.
 
@@ -21,6 +25,7 @@ the socket close, exactly as when a proxy dies.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 from kernos.errors import InvalidInput
 from kernos.sim._anthropic import AnthropicWire
 from kernos.sim._faults import Fault, one_line
+from kernos.sim._loop import loop_reply, loop_turns
 from kernos.sim._openai import OpenAIWire
 from kernos.sim._script import Reply
 from kernos.sim._simulator import LogEntry, Outcome, Simulator
@@ -141,6 +147,9 @@ class SimApp:
         except (ValueError, WireError) as exc:
             return self._reject(wire, provider, body, exc, headers, arrived, wall)
         outcome = self.simulator.decide(provider, parsed.model, parsed.stream)
+        if outcome.reply is None and (turns := loop_turns(parsed.model)) is not None:
+            reply = loop_reply(turns, wire.tools(body), wire.tool_results(body), parsed.prompt)
+            outcome = dataclasses.replace(outcome, reply=reply)
         status, response, pause = self._plan(wire, parsed, outcome)
         self.simulator.record(
             LogEntry.model_construct(

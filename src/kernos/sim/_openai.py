@@ -125,6 +125,18 @@ class OpenAIWire:
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )
 
+    def tools(self, body: dict[str, Any]) -> list[tuple[str, Any]]:
+        return [
+            (t["function"]["name"], t["function"].get("parameters"))
+            for t in body.get("tools") or ()
+            if isinstance(t, dict)
+            and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str)
+        ]
+
+    def tool_results(self, body: dict[str, Any]) -> int:
+        return sum(1 for m in body["messages"] if isinstance(m, dict) and m.get("role") == "tool")
+
     def completion(self, c: Completion) -> bytes:
         message: dict[str, Any] = {
             "role": "assistant",
