@@ -37,6 +37,7 @@ from kernos.kernel import (
     load_settings,
     output_of,
     parse_json,
+    tune_gc,
 )
 from kernos.store import RunState, open_store
 
@@ -409,6 +410,7 @@ def worker(
             faults=Faults.parse(settings.fault),
         )
         services = default_services()  # kernos.toml: a bad file stops the worker here
+        tune_gc()
         asyncio.run(_run_worker(database or settings.database_url, settings, config, services))
     except KernosError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")

@@ -11,7 +11,7 @@ from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_a
 from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._retry import DEFAULT_RETRY, RetryPolicy, retry
 from kernos.kernel._settings import Settings, load_settings
-from kernos.kernel._worker import Worker, WorkerConfig
+from kernos.kernel._worker import Worker, WorkerConfig, tune_gc
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -42,4 +42,5 @@ __all__ = [
     "output_of",
     "parse_json",
     "retry",
+    "tune_gc",
 ]

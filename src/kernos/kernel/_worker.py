@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -28,6 +29,21 @@ from kernos.kernel._registry import Registry
 from kernos.store import Claim, Store, new_run_id
 
 log = logging.getLogger("kernos.worker")
+
+
+def tune_gc() -> None:
+    """Set the process's garbage collector for a worker (what ``kernos worker`` does).
+
+    A worker with many live conversations allocates fast; at CPython's default gen-0 threshold
+    (700 allocations) it collected thousands of times a second, a fifth of each turn's time at
+    1,000 conversations (benchmarks/agents.py, (j)). Everything alive once the app is loaded
+    (modules, SDKs, the app's objects) is frozen out of collection, and collections run less
+    often. Call it after loading the app, before the worker starts; a library embedding a
+    Worker in its own process keeps its own settings.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

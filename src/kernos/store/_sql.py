@@ -835,6 +835,16 @@ class SqlStore:
         before: Sequence[Event],
         make_event: Callable[[Message], Event],
     ) -> Message | None:
+        # An agent looks at its mailbox every turn and almost always finds it empty: a read
+        # says so without the write transaction (SQLite's write lock, PostgreSQL's row locks).
+        with self._d.read() as tx:
+            waiting = tx.fetchone(
+                "SELECT 1 FROM kernos_messages WHERE run_id = ? AND topic = ? "
+                "AND consumed_step IS NULL LIMIT 1",
+                (run_id, topic),
+            )
+        if waiting is None:
+            return None
         with self._d.write() as tx:
             self._own(tx, run_id, token)
             row = tx.fetchone(
