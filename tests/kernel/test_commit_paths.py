@@ -103,7 +103,7 @@ async def test_another_process_holding_the_write_lock_does_not_block_the_loop(
             ticks.append(time.monotonic())
 
     async with worker():
-        run = await client.start("blocked", 5000)
+        run = await client.start("blocked", 20_000)  # long enough to outlast the lock
         await until(lambda: _stepping(client, run.id))  # alone: inline commits
         stop = asyncio.Event()
         tick_task = asyncio.create_task(ticker(stop))
@@ -121,7 +121,7 @@ async def test_another_process_holding_the_write_lock_does_not_block_the_loop(
     # the loop kept turning (about every 10 ms) while the other writer held the lock
     assert len(during) > 20, f"the event loop was blocked by the other writer ({len(during)})"
     assert done.state.value == "completed"
-    assert output_of(done) == 5000
+    assert output_of(done) == 20_000
 
 
 async def test_a_lone_run_commits_inline_and_concurrent_runs_share_commits(
