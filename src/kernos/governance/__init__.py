@@ -1,0 +1,7 @@
+"""The governance layer: access policy, redaction, budgets and audit over the journal.
+
+See DESIGN.md, "Oversight and governance". Checks come before effects (guarantee 6): the
+kernel asks this layer before each tool and LLM call, and each decision is journaled.
+"""
+
+__all__: list[str] = []
