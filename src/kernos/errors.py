@@ -7,6 +7,7 @@ Every error says what happened, why, and what to do. The tree splits by who has 
     │   ├── ConfigError         bad settings, URL or app module
     │   ├── AgentNotFound       no agent registered under that name (or version)
     │   ├── RunNotFound         no run with that id in this database
+    │   ├── ApprovalNotFound    no approval with that id (for this tenant)
     │   ├── InvalidInput        malformed JSON, failed validation, payload over the size limit
     │   ├── NotSerializable     a step result or run output that is not JSON
     │   ├── InvalidState        the run is not in a state that allows the request
@@ -87,6 +88,16 @@ class AgentNotFound(UsageError):
 
 class RunNotFound(UsageError):
     """No run has the requested id in the database in use."""
+
+
+class ApprovalNotFound(UsageError):
+    """No pending or decided approval has that id (for this tenant)."""
+
+    def __init__(self, approval_id: str) -> None:
+        self.approval_id = approval_id
+        super().__init__(
+            f"approval {approval_id!r} not found; list them with `kernos approvals list`"
+        )
 
 
 class InvalidInput(UsageError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import re
 import time
@@ -152,16 +153,22 @@ class Client:
         self, run_id: str, topic: str, payload: Any, *, sender: str | None = None
     ) -> Message:
         text = encode(payload, "the message")
-        return await self.store.send_message(run_id, topic, text, sender=sender)
+        return await self.store.send_message(run_id, topic, text, sender=sender or _person())
 
-    async def pause(self, run_id: str, *, reason: str | None = None) -> Run:
-        return await self.store.pause(run_id, reason=reason)
+    async def pause(
+        self, run_id: str, *, reason: str | None = None, by: str | None = None
+    ) -> Run:
+        return await self.store.pause(run_id, reason=reason, by=by or _person())
 
-    async def resume(self, run_id: str, *, reason: str | None = None) -> Run:
-        return await self.store.resume(run_id, reason=reason)
+    async def resume(
+        self, run_id: str, *, reason: str | None = None, by: str | None = None
+    ) -> Run:
+        return await self.store.resume(run_id, reason=reason, by=by or _person())
 
-    async def cancel(self, run_id: str, *, reason: str | None = None) -> Run:
-        return await self.store.cancel(run_id, reason=reason)
+    async def cancel(
+        self, run_id: str, *, reason: str | None = None, by: str | None = None
+    ) -> Run:
+        return await self.store.cancel(run_id, reason=reason, by=by or _person())
 
     async def add_schedule(
         self,
@@ -187,6 +194,15 @@ class Client:
 
     async def remove_schedule(self, name: str) -> None:
         await self.store.remove_schedule(name)
+
+
+def _person() -> str:
+    """Who acts, when the caller does not say: the operating-system user (the audit log
+    records someone for every action; the API passes its key's name instead)."""
+    try:
+        return f"user:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "user:unknown"
 
 
 def output_of(run: Run) -> Any:

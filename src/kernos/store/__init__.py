@@ -3,9 +3,16 @@
 from kernos.store._commit import CommitStats
 from kernos.store._ids import new_run_id
 from kernos.store._open import DEFAULT_URL, open_store
+from kernos.store._oversight import ROLES
 from kernos.store._protocol import Heartbeat, Store, Timer
 from kernos.store._records import (
     AgentVersion,
+    ApiKey,
+    Approval,
+    ApprovalState,
+    ApprovalWait,
+    AuditCheck,
+    AuditEntry,
     ChildWait,
     Claim,
     Control,
@@ -16,6 +23,7 @@ from kernos.store._records import (
     MemoryHit,
     Message,
     MessageWait,
+    NewApproval,
     NewMemory,
     NewRun,
     Run,
@@ -32,7 +40,14 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_URL",
     "LATEST_VERSION",
+    "ROLES",
     "AgentVersion",
+    "ApiKey",
+    "Approval",
+    "ApprovalState",
+    "ApprovalWait",
+    "AuditCheck",
+    "AuditEntry",
     "ChildWait",
     "Claim",
     "CommitStats",
@@ -45,6 +60,7 @@ __all__ = [
     "MemoryHit",
     "Message",
     "MessageWait",
+    "NewApproval",
     "NewMemory",
     "NewRun",
     "Run",

@@ -14,6 +14,11 @@ from typing import Any, Protocol
 from kernos.store._commit import CommitStats
 from kernos.store._records import (
     AgentVersion,
+    ApiKey,
+    Approval,
+    ApprovalState,
+    AuditCheck,
+    AuditEntry,
     Claim,
     Control,
     Event,
@@ -22,6 +27,7 @@ from kernos.store._records import (
     Memory,
     MemoryHit,
     Message,
+    NewApproval,
     NewMemory,
     NewRun,
     Run,
@@ -157,6 +163,53 @@ class Store(Protocol):
     async def send_message(
         self, run_id: str, topic: str, payload: str, *, sender: str | None = None
     ) -> Message: ...
+    async def request_approval(
+        self, run_id: str, token: int, *, events: Sequence[Event], approval: NewApproval
+    ) -> Approval: ...
+    async def get_approval(self, approval_id: str, *, tenant: str | None = None) -> Approval: ...
+    async def list_approvals(
+        self,
+        *,
+        state: ApprovalState | str | None = ApprovalState.PENDING,
+        tenant: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Approval]: ...
+    async def decide_approval(
+        self,
+        approval_id: str,
+        *,
+        approve: bool,
+        by: str,
+        reason: str | None = None,
+        answer: Any = None,
+        tenant: str | None = None,
+        expired: bool = False,
+    ) -> Approval: ...
+    async def append_audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        tenant: str | None = None,
+        target: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEntry: ...
+    async def list_audit(
+        self,
+        *,
+        since: float | None = None,
+        after_seq: int = 0,
+        tenant: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEntry]: ...
+    async def verify_audit(self) -> AuditCheck: ...
+    async def create_api_key(
+        self, *, name: str, tenant: str | None, role: str, by: str = "cli"
+    ) -> tuple[ApiKey, str]: ...
+    async def find_api_key(self, secret: str) -> ApiKey | None: ...
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]: ...
+    async def revoke_api_key(self, key_id: str, *, by: str = "cli") -> bool: ...
     async def send_from_run(
         self,
         run_id: str,
@@ -167,9 +220,15 @@ class Store(Protocol):
         topic: str,
         payload: str,
     ) -> Message: ...
-    async def pause(self, run_id: str, *, reason: str | None = None) -> Run: ...
-    async def resume(self, run_id: str, *, reason: str | None = None) -> Run: ...
-    async def cancel(self, run_id: str, *, reason: str | None = None) -> Run: ...
+    async def pause(
+        self, run_id: str, *, reason: str | None = None, by: str | None = None
+    ) -> Run: ...
+    async def resume(
+        self, run_id: str, *, reason: str | None = None, by: str | None = None
+    ) -> Run: ...
+    async def cancel(
+        self, run_id: str, *, reason: str | None = None, by: str | None = None
+    ) -> Run: ...
 
     async def add_schedule(self, schedule: Schedule) -> Schedule: ...
     async def list_schedules(self) -> list[Schedule]: ...

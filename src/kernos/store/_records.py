@@ -175,7 +175,94 @@ class ChildWait:
     child_id: str
 
 
-WakeCheck = MessageWait | ChildWait | None
+@dataclass(frozen=True, slots=True)
+class ApprovalWait:
+    """Suspend only if the approval is still pending."""
+
+    approval_id: str
+
+
+WakeCheck = MessageWait | ChildWait | ApprovalWait | None
+
+
+class ApprovalState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class NewApproval:
+    """A decision a run asks a person for (``ctx.ask_human``, a tool that requires approval,
+    a policy rule, a budget). ``details`` is JSON: the answer's schema, the tool and its
+    arguments, the rule."""
+
+    run_id: str
+    step: int
+    tenant: str
+    kind: str
+    question: str
+    details: dict[str, Any] = field(default_factory=dict)
+    expires_at: float | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.run_id}:{self.step}"
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    id: str
+    run_id: str
+    step: int
+    tenant: str
+    kind: str
+    question: str
+    details: dict[str, Any]
+    state: ApprovalState
+    decided_by: str | None
+    reason: str | None
+    #: Any: JSON the person gave (an answer, or edited arguments)
+    answer: Any
+    created_at: float
+    expires_at: float | None
+    decided_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry of the audit log: who did what to what, and the chain's hashes."""
+
+    seq: int
+    at: float
+    actor: str
+    tenant: str | None
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCheck:
+    """What ``verify_audit`` found: ``ok``, or the first entry where the chain breaks."""
+
+    ok: bool
+    entries: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    tenant: str | None
+    role: str
+    created_at: float
+    revoked_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

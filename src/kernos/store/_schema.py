@@ -170,6 +170,57 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         },
     ),
+    Migration(
+        5,
+        "oversight and governance: approvals, the hash-chained audit log, API keys",
+        (
+            # id is "<run_id>:<step>": asking again after a crash finds the same approval.
+            # details: JSON (the schema of the answer, the tool and its arguments, the rule).
+            # answer: JSON the person gave (an answer, or edited arguments), NULL if none.
+            """CREATE TABLE kernos_approvals (
+                id TEXT PRIMARY KEY,
+                run_id TEXT NOT NULL,
+                step INTEGER NOT NULL,
+                tenant TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                question TEXT NOT NULL,
+                details TEXT NOT NULL,
+                state TEXT NOT NULL,
+                decided_by TEXT,
+                reason TEXT,
+                answer TEXT,
+                created_at {float} NOT NULL,
+                expires_at {float},
+                decided_at {float}
+            )""",
+            "CREATE INDEX kernos_approvals_pending ON kernos_approvals (state, tenant, created_at)",
+            "CREATE INDEX kernos_approvals_run ON kernos_approvals (run_id)",
+            # Append-only; each entry's hash covers its content and the previous entry's hash,
+            # so a modified, deleted, inserted or reordered entry breaks the chain there.
+            """CREATE TABLE kernos_audit (
+                seq {serial_pk},
+                at {float} NOT NULL,
+                actor TEXT NOT NULL,
+                tenant TEXT,
+                action TEXT NOT NULL,
+                target TEXT,
+                details TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL
+            )""",
+            "CREATE INDEX kernos_audit_at ON kernos_audit (at)",
+            # Only a hash of each secret is kept; the secret is shown once, at creation.
+            """CREATE TABLE kernos_api_keys (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                tenant TEXT,
+                role TEXT NOT NULL,
+                secret_hash TEXT NOT NULL,
+                created_at {float} NOT NULL,
+                revoked_at {float}
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

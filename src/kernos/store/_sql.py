@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from kernos.errors import (
+    ApprovalNotFound,
     InvalidInput,
     InvalidState,
     LeaseLost,
@@ -49,9 +50,27 @@ from kernos.store._memory import (
     query_terms,
     unpack_embedding,
 )
+from kernos.store._oversight import (
+    append_audit,
+    decide_approval,
+    find_api_key,
+    get_approval,
+    insert_api_key,
+    insert_approval,
+    list_api_keys,
+    list_approvals,
+    list_audit,
+    verify_audit,
+)
 from kernos.store._protocol import Heartbeat, Timer
 from kernos.store._records import (
     AgentVersion,
+    ApiKey,
+    Approval,
+    ApprovalState,
+    ApprovalWait,
+    AuditCheck,
+    AuditEntry,
     ChildWait,
     Claim,
     Control,
@@ -62,6 +81,7 @@ from kernos.store._records import (
     MemoryHit,
     Message,
     MessageWait,
+    NewApproval,
     NewMemory,
     NewRun,
     Run,
@@ -752,6 +772,9 @@ class SqlStore:
             return SuspendResult.PAUSED if paused else SuspendResult.SUSPENDED
 
     def _wake_pending(self, tx: Tx, run_id: str, wake_check: WakeCheck) -> bool:
+        if isinstance(wake_check, ApprovalWait):
+            found = get_approval(tx, wake_check.approval_id)
+            return found is not None and found.state != ApprovalState.PENDING
         if isinstance(wake_check, MessageWait):
             return (
                 tx.fetchone(
@@ -943,7 +966,10 @@ class SqlStore:
 
     def _send_message(self, run_id: str, topic: str, payload: str, sender: str | None) -> Message:
         with self._d.write() as tx:
-            return self._deliver(tx, run_id, topic, payload, sender)
+            message = self._deliver(tx, run_id, topic, payload, sender)
+            run = self._get(tx, run_id)
+            self._audit_control(tx, sender, "run.message", run, {"topic": topic, "id": message.id})
+            return message
 
     def _deliver(
         self, tx: Any, run_id: str, topic: str, payload: str, sender: str | None
@@ -1003,10 +1029,25 @@ class SqlStore:
         self.check_size(f"the message to run {run_id}", payload)
         return await self._call(self._send_message, run_id, topic, payload, sender)
 
-    def _pause(self, run_id: str, reason: str | None) -> Run:
+    def _audit_control(
+        self, tx: Tx, by: str | None, action: str, run: Run, details: dict[str, Any]
+    ) -> None:
+        """A person's action on a run, in the audit log (same transaction as the action)."""
+        append_audit(
+            tx,
+            postgres=self._d.name == "postgresql",
+            actor=by or "unknown",
+            action=action,
+            tenant=run.tenant,
+            target=run.id,
+            details={k: v for k, v in details.items() if v is not None},
+        )
+
+    def _pause(self, run_id: str, reason: str | None, by: str | None) -> Run:
         now = time.time()
         with self._d.write() as tx:
             run = self._get(tx, run_id, self._d.lock_rows)
+            self._audit_control(tx, by, "run.pause", run, {"reason": reason})
             if run.state.terminal or run.state == RunState.PAUSED:
                 raise InvalidState(f"run {run_id} is {run.state.value}; only a live run pauses")
             if run.state == RunState.RUNNING:
@@ -1023,14 +1064,15 @@ class SqlStore:
                 self._control_event(tx, run_id, "run_paused", reason)
             return self._get(tx, run_id)
 
-    async def pause(self, run_id: str, *, reason: str | None = None) -> Run:
-        """Pause now if no worker runs it, else at its next step boundary."""
-        return await self._call(self._pause, run_id, reason)
+    async def pause(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
+        """Pause now if no worker runs it, else at its next step boundary (audited as ``by``)."""
+        return await self._call(self._pause, run_id, reason, by)
 
-    def _resume(self, run_id: str, reason: str | None) -> Run:
+    def _resume(self, run_id: str, reason: str | None, by: str | None) -> Run:
         now = time.time()
         with self._d.write() as tx:
             run = self._get(tx, run_id, self._d.lock_rows)
+            self._audit_control(tx, by, "run.resume", run, {"reason": reason})
             if run.state == RunState.RUNNING and run.control == Control.PAUSE:
                 tx.execute(
                     "UPDATE kernos_runs SET control = NULL, control_reason = NULL, updated_at = ? "
@@ -1051,14 +1093,15 @@ class SqlStore:
                 )
             return self._get(tx, run_id)
 
-    async def resume(self, run_id: str, *, reason: str | None = None) -> Run:
-        return await self._call(self._resume, run_id, reason)
+    async def resume(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
+        return await self._call(self._resume, run_id, reason, by)
 
-    def _cancel(self, run_id: str, reason: str | None) -> Run:
+    def _cancel(self, run_id: str, reason: str | None, by: str | None) -> Run:
         with self._d.write() as tx:
             run = self._get(tx, run_id, self._d.lock_rows)
             if run.state.terminal:
                 raise InvalidState(f"run {run_id} is {run.state.value} already")
+            self._audit_control(tx, by, "run.cancel", run, {"reason": reason})
             self._cancel_in(tx, run, reason)
             return self._get(tx, run_id)
 
@@ -1101,8 +1144,8 @@ class SqlStore:
             self._control_event(tx, run_id, "cancel_requested", reason)
             self._d.notify(tx)
 
-    async def cancel(self, run_id: str, *, reason: str | None = None) -> Run:
-        return await self._call(self._cancel, run_id, reason)
+    async def cancel(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
+        return await self._call(self._cancel, run_id, reason, by)
 
     # -- schedules ------------------------------------------------------------------------
 
@@ -1384,6 +1427,245 @@ class SqlStore:
         """How many memories ``namespace`` holds for ``tenant`` (``None``: the memories put
         without a tenant, not all of them)."""
         return await self._call(self._count_memories, namespace, tenant)
+
+    # -- oversight: approvals, the audit log, API keys ------------------------------------
+
+    def _request_approval(
+        self, run_id: str, token: int, events: Sequence[Event], new: NewApproval
+    ) -> Approval:
+        with self._d.write() as tx:
+            self._own(tx, run_id, token)
+            self._insert_events(tx, run_id, events)
+            return insert_approval(tx, new, time.time())
+
+    async def request_approval(
+        self, run_id: str, token: int, *, events: Sequence[Event], approval: NewApproval
+    ) -> Approval:
+        """Create a pending approval for a run's step and journal it, atomically (fenced: only
+        the run's owner asks). Asking again for the same step returns the same approval."""
+        self._check_events(events)
+        self.check_size(f"the approval request of run {run_id}", json.dumps(approval.details))
+        return await self._call(self._request_approval, run_id, token, list(events), approval)
+
+    def _get_approval(self, approval_id: str, tenant: str | None) -> Approval:
+        with self._d.read() as tx:
+            found = get_approval(tx, approval_id)
+        if found is None or (tenant is not None and found.tenant != tenant):
+            raise ApprovalNotFound(approval_id)
+        return found
+
+    async def get_approval(self, approval_id: str, *, tenant: str | None = None) -> Approval:
+        """One approval; ``ApprovalNotFound`` if there is none (in ``tenant``, if given)."""
+        return await self._call(self._get_approval, approval_id, tenant)
+
+    def _list_approvals(
+        self, state: str | None, tenant: str | None, run_id: str | None, limit: int
+    ) -> list[Approval]:
+        with self._d.read() as tx:
+            return list_approvals(tx, state=state, tenant=tenant, run_id=run_id, limit=limit)
+
+    async def list_approvals(
+        self,
+        *,
+        state: ApprovalState | str | None = ApprovalState.PENDING,
+        tenant: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Approval]:
+        """Approvals, oldest first (default: the pending ones, every tenant)."""
+        value = None if state is None else ApprovalState(state).value
+        return await self._call(self._list_approvals, value, tenant, run_id, limit)
+
+    def _decide_approval(
+        self,
+        approval_id: str,
+        state: ApprovalState,
+        by: str,
+        reason: str | None,
+        answer: Any,
+        tenant: str | None,
+    ) -> Approval:
+        now = time.time()
+        with self._d.write() as tx:
+            decided = decide_approval(
+                tx,
+                approval_id,
+                state=state,
+                by=by,
+                reason=reason,
+                answer=answer,
+                tenant=tenant,
+                lock=self._d.lock_rows,
+                now=now,
+            )
+            append_audit(
+                tx,
+                postgres=self._d.name == "postgresql",
+                actor=by,
+                action=f"approval.{state.value}",
+                tenant=decided.tenant,
+                target=approval_id,
+                details={
+                    k: v
+                    for k, v in {"reason": reason, "answer": answer, "run": decided.run_id}.items()
+                    if v is not None
+                },
+                now=now,
+            )
+            updated = tx.execute(
+                "UPDATE kernos_runs SET state = 'queued', waiting_for = NULL, run_at = ?, "
+                "updated_at = ? WHERE id = ? AND state = 'waiting' AND waiting_for = ?",
+                (now, now, decided.run_id, f"approval:{approval_id}"),
+            )
+            if updated:
+                self._d.notify(tx)
+            return decided
+
+    async def decide_approval(
+        self,
+        approval_id: str,
+        *,
+        approve: bool,
+        by: str,
+        reason: str | None = None,
+        answer: Any = None,
+        tenant: str | None = None,
+        expired: bool = False,
+    ) -> Approval:
+        """Approve or reject (with an answer, or edited arguments), exactly once; audited and
+        the waiting run woken in the same transaction. A second decision raises
+        ``InvalidState`` saying what was decided, by whom."""
+        if not by or not isinstance(by, str):
+            raise InvalidInput("a decision needs who made it (by=...)")
+        if answer is not None:
+            self.check_size(f"the answer to approval {approval_id}", json.dumps(answer))
+        state = (
+            ApprovalState.EXPIRED
+            if expired
+            else (ApprovalState.APPROVED if approve else ApprovalState.REJECTED)
+        )
+        return await self._call(
+            self._decide_approval, approval_id, state, by, reason, answer, tenant
+        )
+
+    def _append_audit(
+        self,
+        actor: str,
+        action: str,
+        tenant: str | None,
+        target: str | None,
+        details: dict[str, Any] | None,
+    ) -> AuditEntry:
+        with self._d.write() as tx:
+            return append_audit(
+                tx,
+                postgres=self._d.name == "postgresql",
+                actor=actor,
+                action=action,
+                tenant=tenant,
+                target=target,
+                details=details,
+            )
+
+    async def append_audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        tenant: str | None = None,
+        target: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Add an entry to the audit log (who did what, to what)."""
+        return await self._call(self._append_audit, actor, action, tenant, target, details)
+
+    def _list_audit(
+        self, since: float | None, after_seq: int, tenant: str | None, limit: int
+    ) -> list[AuditEntry]:
+        with self._d.read() as tx:
+            return list_audit(tx, since=since, after_seq=after_seq, tenant=tenant, limit=limit)
+
+    async def list_audit(
+        self,
+        *,
+        since: float | None = None,
+        after_seq: int = 0,
+        tenant: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEntry]:
+        """Audit entries in order (page with ``after_seq``: the last seq seen)."""
+        return await self._call(self._list_audit, since, after_seq, tenant, limit)
+
+    def _verify_audit(self) -> AuditCheck:
+        with self._d.read() as tx:
+            rows = tx.fetchall(
+                "SELECT seq, at, actor, tenant, action, target, details, prev_hash, hash "
+                "FROM kernos_audit ORDER BY seq",
+                (),
+            )
+        return verify_audit(rows)
+
+    async def verify_audit(self) -> AuditCheck:
+        """Recompute the chain; the first modified, deleted, inserted or reordered entry."""
+        return await self._call(self._verify_audit)
+
+    def _create_api_key(
+        self, name: str, tenant: str | None, role: str, by: str
+    ) -> tuple[ApiKey, str]:
+        with self._d.write() as tx:
+            key, secret = insert_api_key(tx, name=name, tenant=tenant, role=role, now=time.time())
+            append_audit(
+                tx,
+                postgres=self._d.name == "postgresql",
+                actor=by,
+                action="key.create",
+                tenant=tenant,
+                target=key.id,
+                details={"name": name, "role": role},
+            )
+            return key, secret
+
+    async def create_api_key(
+        self, *, name: str, tenant: str | None, role: str, by: str = "cli"
+    ) -> tuple[ApiKey, str]:
+        """A new API key and its secret (``kn_<id>_<random>``), shown only now: only a hash of
+        it is stored. Audited."""
+        return await self._call(self._create_api_key, name, tenant, role, by)
+
+    def _find_api_key(self, secret: str) -> ApiKey | None:
+        with self._d.read() as tx:
+            return find_api_key(tx, secret)
+
+    async def find_api_key(self, secret: str) -> ApiKey | None:
+        """The live key whose secret this is, or None (unknown, malformed or revoked)."""
+        return await self._call(self._find_api_key, secret)
+
+    def _list_api_keys(self, tenant: str | None) -> list[ApiKey]:
+        with self._d.read() as tx:
+            return list_api_keys(tx, tenant)
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        return await self._call(self._list_api_keys, tenant)
+
+    def _revoke_api_key(self, key_id: str, by: str) -> bool:
+        with self._d.write() as tx:
+            changed = tx.execute(
+                "UPDATE kernos_api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (time.time(), key_id),
+            )
+            if changed:
+                append_audit(
+                    tx,
+                    postgres=self._d.name == "postgresql",
+                    actor=by,
+                    action="key.revoke",
+                    target=key_id,
+                )
+            return bool(changed)
+
+    async def revoke_api_key(self, key_id: str, *, by: str = "cli") -> bool:
+        """Revoke a key at once; False if no live key has that id. Audited."""
+        return await self._call(self._revoke_api_key, key_id, by)
 
     async def wait_for_work(self, timeout: float) -> None:
         if self._d.name == "sqlite":

@@ -1,0 +1,328 @@
+"""Approvals, the audit log and API keys: the rows behind oversight and governance.
+
+Each function works inside a transaction the store opened, so that an effect and its record
+commit together: a decision and its audit entry and the run's wake-up; a pause and its audit
+entry. The audit log is a hash chain (each entry's hash covers its content and the previous
+hash); appends are serialised (PostgreSQL: a transaction-scoped advisory lock; SQLite: its
+single writer), so the chain never forks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kernos.errors import ApprovalNotFound, InvalidInput, InvalidState
+from kernos.store._dialect import Tx
+from kernos.store._ids import new_run_id
+from kernos.store._records import (
+    ApiKey,
+    Approval,
+    ApprovalState,
+    AuditCheck,
+    AuditEntry,
+    NewApproval,
+)
+
+#: the hash the first entry chains to
+GENESIS = "0" * 64
+#: a fixed key for PostgreSQL's advisory lock that serialises audit appends
+AUDIT_LOCK = 7_431_902_011
+ROLES = ("viewer", "operator", "approver", "admin")
+_APPROVAL_COLUMNS = (
+    "id, run_id, step, tenant, kind, question, details, state, decided_by, reason, answer, "
+    "created_at, expires_at, decided_at"
+)
+_AUDIT_COLUMNS = "seq, at, actor, tenant, action, target, details, prev_hash, hash"
+_KEY_COLUMNS = "id, name, tenant, role, created_at, revoked_at"
+
+
+# -- approvals -------------------------------------------------------------------------------
+
+
+def insert_approval(tx: Tx, new: NewApproval, now: float) -> Approval:
+    """Create the approval (or find the one an earlier attempt of the same step created)."""
+    existing = get_approval(tx, new.id)
+    if existing is not None:
+        return existing
+    tx.execute(
+        f"INSERT INTO kernos_approvals ({_APPROVAL_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, NULL, ?, ?, NULL)",
+        (
+            new.id,
+            new.run_id,
+            new.step,
+            new.tenant,
+            new.kind,
+            new.question,
+            json.dumps(new.details, separators=(",", ":")),
+            now,
+            new.expires_at,
+        ),
+    )
+    approval = get_approval(tx, new.id)
+    assert approval is not None
+    return approval
+
+
+def get_approval(tx: Tx, approval_id: str, lock: str = "") -> Approval | None:
+    row = tx.fetchone(
+        f"SELECT {_APPROVAL_COLUMNS} FROM kernos_approvals WHERE id = ?{lock}", (approval_id,)
+    )
+    return _approval(row) if row is not None else None
+
+
+def list_approvals(
+    tx: Tx, *, state: str | None, tenant: str | None, run_id: str | None, limit: int
+) -> list[Approval]:
+    where, args = [], []
+    for column, value in (("state", state), ("tenant", tenant), ("run_id", run_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = tx.fetchall(
+        f"SELECT {_APPROVAL_COLUMNS} FROM kernos_approvals{clause} ORDER BY created_at, id LIMIT ?",
+        (*args, limit),
+    )
+    return [_approval(r) for r in rows]
+
+
+def decide_approval(
+    tx: Tx,
+    approval_id: str,
+    *,
+    state: ApprovalState,
+    by: str,
+    reason: str | None,
+    answer: Any,
+    tenant: str | None,
+    lock: str,
+    now: float,
+) -> Approval:
+    """Record the decision, exactly once: a second decision (or a second person deciding at
+    the same moment, serialised by the row lock) is refused with what was decided."""
+    found = get_approval(tx, approval_id, lock)
+    if found is None or (tenant is not None and found.tenant != tenant):
+        raise ApprovalNotFound(approval_id)
+    if found.state != ApprovalState.PENDING:
+        who = f" by {found.decided_by}" if found.decided_by else ""
+        raise InvalidState(
+            f"approval {approval_id} was already {found.state.value}{who}; this decision was "
+            f"not recorded (kernos approvals show {approval_id})"
+        )
+    if found.expires_at is not None and now >= found.expires_at and state != ApprovalState.EXPIRED:
+        raise InvalidState(
+            f"approval {approval_id} expired at its deadline; the run took its declared "
+            f"default or escalated, and this decision was not recorded"
+        )
+    tx.execute(
+        "UPDATE kernos_approvals SET state = ?, decided_by = ?, reason = ?, answer = ?, "
+        "decided_at = ? WHERE id = ? AND state = 'pending'",
+        (
+            state.value,
+            by,
+            reason,
+            None if answer is None else json.dumps(answer, separators=(",", ":")),
+            now,
+            approval_id,
+        ),
+    )
+    decided = get_approval(tx, approval_id)
+    assert decided is not None
+    return decided
+
+
+def _approval(row: Sequence[Any]) -> Approval:
+    return Approval(
+        id=row[0],
+        run_id=row[1],
+        step=int(row[2]),
+        tenant=row[3],
+        kind=row[4],
+        question=row[5],
+        details=json.loads(row[6]),
+        state=ApprovalState(row[7]),
+        decided_by=row[8],
+        reason=row[9],
+        answer=None if row[10] is None else json.loads(row[10]),
+        created_at=float(row[11]),
+        expires_at=None if row[12] is None else float(row[12]),
+        decided_at=None if row[13] is None else float(row[13]),
+    )
+
+
+# -- the audit log ---------------------------------------------------------------------------
+
+
+def entry_hash(
+    prev_hash: str,
+    at: float,
+    actor: str,
+    tenant: str | None,
+    action: str,
+    target: str | None,
+    details: str,
+) -> str:
+    """The chain's link: a hash of the previous hash and this entry's content."""
+    content = json.dumps(
+        [prev_hash, repr(float(at)), actor, tenant, action, target, details],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def append_audit(
+    tx: Tx,
+    *,
+    postgres: bool,
+    actor: str,
+    action: str,
+    tenant: str | None = None,
+    target: str | None = None,
+    details: dict[str, Any] | None = None,
+    now: float | None = None,
+) -> AuditEntry:
+    """Add an entry at the end of the chain, in the caller's transaction."""
+    if postgres:
+        tx.execute("SELECT pg_advisory_xact_lock(?)", (AUDIT_LOCK,))
+    row = tx.fetchone("SELECT hash FROM kernos_audit ORDER BY seq DESC LIMIT 1", ())
+    prev = str(row[0]) if row is not None else GENESIS
+    at = time.time() if now is None else now
+    text = json.dumps(details or {}, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    digest = entry_hash(prev, at, actor, tenant, action, target, text)
+    seq_row = tx.fetchone(
+        "INSERT INTO kernos_audit (at, actor, tenant, action, target, details, prev_hash, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        (at, actor, tenant, action, target, text, prev, digest),
+    )
+    assert seq_row is not None
+    return AuditEntry(
+        int(seq_row[0]), at, actor, tenant, action, target, details or {}, prev, digest
+    )
+
+
+def list_audit(
+    tx: Tx, *, since: float | None, after_seq: int, tenant: str | None, limit: int
+) -> list[AuditEntry]:
+    where: list[str] = ["seq > ?"]
+    args: list[Any] = [after_seq]
+    if since is not None:
+        where.append("at >= ?")
+        args.append(since)
+    if tenant is not None:
+        where.append("tenant = ?")
+        args.append(tenant)
+    rows = tx.fetchall(
+        f"SELECT {_AUDIT_COLUMNS} FROM kernos_audit WHERE {' AND '.join(where)} "
+        "ORDER BY seq LIMIT ?",
+        (*args, limit),
+    )
+    return [_entry(r) for r in rows]
+
+
+def verify_audit(rows: Sequence[Sequence[Any]]) -> AuditCheck:
+    """Walk the chain in seq order; name the first entry whose link or content is wrong."""
+    prev = GENESIS
+    last_seq = 0
+    for n, row in enumerate(rows, start=1):
+        seq, at, actor, tenant, action, target, details, prev_hash, digest = row
+        if int(seq) <= last_seq:
+            return AuditCheck(False, n - 1, int(seq), "entries are out of order")
+        if prev_hash != prev:
+            return AuditCheck(
+                False,
+                n - 1,
+                int(seq),
+                "its link to the previous entry is wrong: an entry before it was deleted, "
+                "inserted or reordered",
+            )
+        if entry_hash(prev_hash, float(at), actor, tenant, action, target, details) != digest:
+            return AuditCheck(False, n - 1, int(seq), "its content does not match its hash")
+        prev = str(digest)
+        last_seq = int(seq)
+    return AuditCheck(True, len(rows))
+
+
+def _entry(row: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(
+        seq=int(row[0]),
+        at=float(row[1]),
+        actor=row[2],
+        tenant=row[3],
+        action=row[4],
+        target=row[5],
+        details=json.loads(row[6]),
+        prev_hash=row[7],
+        hash=row[8],
+    )
+
+
+# -- API keys --------------------------------------------------------------------------------
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def insert_api_key(
+    tx: Tx, *, name: str, tenant: str | None, role: str, now: float
+) -> tuple[ApiKey, str]:
+    if role not in ROLES:
+        raise InvalidInput(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if tenant is None and role != "admin":
+        raise InvalidInput(
+            "only an admin key may span every tenant; give the key a --tenant, or the admin role"
+        )
+    if not name.strip():
+        raise InvalidInput("an API key needs a name (who or what uses it)")
+    key_id = new_run_id().lower()
+    secret = f"kn_{key_id}_{secrets.token_urlsafe(32)}"
+    tx.execute(
+        "INSERT INTO kernos_api_keys (id, name, tenant, role, secret_hash, created_at, "
+        "revoked_at) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+        (key_id, name, tenant, role, _secret_hash(secret), now),
+    )
+    return ApiKey(key_id, name, tenant, role, now, None), secret
+
+
+def find_api_key(tx: Tx, secret: str) -> ApiKey | None:
+    parts = secret.split("_", 2)
+    if len(parts) != 3 or parts[0] != "kn":
+        return None
+    row = tx.fetchone(
+        f"SELECT {_KEY_COLUMNS}, secret_hash FROM kernos_api_keys WHERE id = ?", (parts[1],)
+    )
+    if row is None or row[5] is not None:
+        return None
+    if not hmac.compare_digest(str(row[6]), _secret_hash(secret)):
+        return None
+    return _key(row)
+
+
+def list_api_keys(tx: Tx, tenant: str | None) -> list[ApiKey]:
+    if tenant is None:
+        rows = tx.fetchall(f"SELECT {_KEY_COLUMNS} FROM kernos_api_keys ORDER BY created_at", ())
+    else:
+        rows = tx.fetchall(
+            f"SELECT {_KEY_COLUMNS} FROM kernos_api_keys WHERE tenant = ? ORDER BY created_at",
+            (tenant,),
+        )
+    return [_key(r) for r in rows]
+
+
+def _key(row: Sequence[Any]) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        name=row[1],
+        tenant=row[2],
+        role=row[3],
+        created_at=float(row[4]),
+        revoked_at=None if row[5] is None else float(row[5]),
+    )

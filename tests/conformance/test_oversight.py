@@ -1,0 +1,298 @@
+"""Approvals, the audit log and API keys, on both backends: a decision is made exactly once
+(also when people race), a tampered audit log is caught at the first bad entry, and an API
+key's secret is never stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from conformance.test_store import claim_one
+
+from kernos.errors import ApprovalNotFound, InvalidInput, InvalidState, LeaseLost
+from kernos.store import (
+    ApprovalState,
+    ApprovalWait,
+    Event,
+    NewApproval,
+    SqlStore,
+    SuspendResult,
+    open_store,
+)
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SqlStore]:
+    s = open_store(db_url, max_payload=64 * 1024)
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def ask(store: SqlStore, step: int = 3, **kw: object) -> tuple[str, int, str]:
+    run_id, token = await claim_one(store)
+    approval = await store.request_approval(
+        run_id,
+        token,
+        events=[Event(seq=2, type="approval_requested", step=step, name="refund")],
+        approval=NewApproval(
+            run_id=run_id,
+            step=step,
+            tenant=str(kw.get("tenant", "default")),
+            kind="tool",
+            question="Refund 420 EUR on A-17?",
+            details={"tool": "issue_refund", "arguments": {"order_id": "A-17", "amount": 420}},
+        ),
+    )
+    return run_id, token, approval.id
+
+
+async def test_an_approval_is_asked_once_and_journaled_with_it(store: SqlStore) -> None:
+    run_id, token, approval_id = await ask(store)
+    assert approval_id == f"{run_id}:3"
+    again = await store.request_approval(
+        run_id,
+        token,
+        events=[],
+        approval=NewApproval(run_id=run_id, step=3, tenant="default", kind="tool", question="?"),
+    )
+    assert again.id == approval_id and again.question == "Refund 420 EUR on A-17?"
+    pending = await store.list_approvals()
+    assert [a.id for a in pending] == [approval_id]
+    assert pending[0].details["arguments"] == {"order_id": "A-17", "amount": 420}
+    assert "approval_requested" in [e.type for e in await store.load_journal(run_id)]
+
+
+async def test_only_the_owner_asks(store: SqlStore) -> None:
+    run_id, token = await claim_one(store)
+    with pytest.raises(LeaseLost):
+        await store.request_approval(
+            run_id,
+            token + 1,
+            events=[],
+            approval=NewApproval(run_id=run_id, step=1, tenant="default", kind="q", question="?"),
+        )
+    assert await store.list_approvals() == []
+
+
+async def test_a_decision_is_made_once_audited_and_wakes_the_run(store: SqlStore) -> None:
+    run_id, token, approval_id = await ask(store)
+    result = await store.suspend(
+        run_id,
+        token,
+        waiting_for=f"approval:{approval_id}",
+        events=[],
+        timer=None,
+        wake_check=ApprovalWait(approval_id),
+    )
+    assert result == SuspendResult.SUSPENDED
+    edited = {"order_id": "A-17", "amount": 42}
+    decided = await store.decide_approval(
+        approval_id, approve=True, by="alice", reason="typo: 42, not 420", answer=edited
+    )
+    assert decided.state == ApprovalState.APPROVED and decided.answer == edited
+    run = await store.get_run(run_id)
+    assert run.state.value == "queued" and run.waiting_for is None
+    with pytest.raises(InvalidState, match="already approved by alice"):
+        await store.decide_approval(approval_id, approve=False, by="bob")
+    assert (await store.get_approval(approval_id)).decided_by == "alice"
+    audit = await store.list_audit()
+    assert [(e.actor, e.action, e.target) for e in audit] == [
+        ("alice", "approval.approved", approval_id)
+    ]
+    assert audit[0].details["answer"] == edited
+
+
+async def test_a_suspend_finds_a_decision_made_meanwhile(store: SqlStore) -> None:
+    run_id, token, approval_id = await ask(store)
+    await store.decide_approval(approval_id, approve=False, by="alice", reason="no")
+    result = await store.suspend(
+        run_id,
+        token,
+        waiting_for=f"approval:{approval_id}",
+        events=[],
+        timer=None,
+        wake_check=ApprovalWait(approval_id),
+    )
+    assert result == SuspendResult.WAKE_PENDING  # replay sees the rejection: no lost wake-up
+
+
+async def test_another_tenant_cannot_see_or_decide(store: SqlStore) -> None:
+    _, _, approval_id = await ask(store, tenant="acme")
+    with pytest.raises(ApprovalNotFound):
+        await store.get_approval(approval_id, tenant="globex")
+    with pytest.raises(ApprovalNotFound):
+        await store.decide_approval(approval_id, approve=True, by="mallory", tenant="globex")
+    assert await store.list_approvals(tenant="globex") == []
+    assert (await store.get_approval(approval_id)).state == ApprovalState.PENDING
+    with pytest.raises(ApprovalNotFound):
+        await store.decide_approval("nope:1", approve=True, by="alice")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("KERNOS_TEST_DATABASE_URL"), reason="the race needs PostgreSQL"
+)
+async def test_two_people_deciding_at_once_yield_exactly_one_decision(pg_url: str) -> None:
+    """200 pairs of concurrent decisions, on PostgreSQL: exactly one of each pair wins, the
+    other is told what was decided."""
+    store = open_store(pg_url)
+    await store.migrate()
+    try:
+        ids = [(await ask(store, step=i))[2] for i in range(200)]
+
+        async def decide(approval_id: str, who: str, approve: bool) -> str:
+            try:
+                await store.decide_approval(approval_id, approve=approve, by=who)
+            except InvalidState as exc:
+                assert "already" in str(exc)
+                return "lost"
+            return "won"
+
+        outcomes = await asyncio.gather(
+            *(asyncio.gather(decide(i, "alice", True), decide(i, "bob", False)) for i in ids)
+        )
+        assert all(sorted(pair) == ["lost", "won"] for pair in outcomes)
+        decided = await store.list_approvals(state=None, limit=1000)
+        assert len(decided) == 200 and all(a.state != ApprovalState.PENDING for a in decided)
+        audit = await store.list_audit(limit=1000)
+        assert len(audit) == 200  # one decision each, audited once
+        assert (await store.verify_audit()).ok  # concurrent appends kept one chain
+    finally:
+        await store.close()
+
+
+# -- the audit log ---------------------------------------------------------------------------
+
+
+async def fill_audit(store: SqlStore, n: int = 5) -> None:
+    for i in range(n):
+        await store.append_audit(
+            actor="alice", action="run.pause", tenant="acme", target=f"run-{i}", details={"i": i}
+        )
+
+
+async def tamper(store: SqlStore, sql: str, *args: object) -> None:
+    def run() -> None:
+        with store.dialect.write() as tx:
+            tx.execute(sql, args)
+
+    await asyncio.to_thread(run)
+
+
+async def test_an_intact_audit_log_verifies(store: SqlStore) -> None:
+    await fill_audit(store)
+    check = await store.verify_audit()
+    assert check.ok and check.entries == 5
+    entries = await store.list_audit(after_seq=2)
+    assert [e.details["i"] for e in entries] == [2, 3, 4]
+    assert entries[0].prev_hash == (await store.list_audit())[1].hash
+
+
+@pytest.mark.parametrize(
+    ("how", "sql", "args", "problem"),
+    [
+        ("modified", "UPDATE kernos_audit SET actor = ? WHERE seq = 3", ("mallory",), "content"),
+        ("details", "UPDATE kernos_audit SET details = ? WHERE seq = 3", ('{"i":9}',), "content"),
+        ("deleted", "DELETE FROM kernos_audit WHERE seq = 3", (), "link"),
+    ],
+)
+async def test_a_tampered_audit_log_names_the_first_bad_entry(
+    store: SqlStore, how: str, sql: str, args: tuple[object, ...], problem: str
+) -> None:
+    await fill_audit(store)
+    await tamper(store, sql, *args)
+    check = await store.verify_audit()
+    assert not check.ok
+    assert check.first_bad_seq == (4 if how == "deleted" else 3)
+    assert check.problem is not None and problem in check.problem
+
+
+async def test_reordered_and_inserted_entries_are_caught(store: SqlStore) -> None:
+    await fill_audit(store)
+    rows = await store.list_audit()
+    second, third = rows[1], rows[2]
+    # swap two entries' contents (hashes included): each still matches itself, not its place
+    for target, source in ((second, third), (third, second)):
+        await tamper(
+            store,
+            "UPDATE kernos_audit SET at = ?, target = ?, details = ?, prev_hash = ?, hash = ? "
+            "WHERE seq = ?",
+            source.at,
+            source.target,
+            json.dumps(source.details, separators=(",", ":"), sort_keys=True),
+            source.prev_hash,
+            source.hash,
+            target.seq,
+        )
+    check = await store.verify_audit()
+    assert not check.ok and check.first_bad_seq == second.seq
+
+    await tamper(
+        store,
+        "DELETE FROM kernos_audit",
+    )
+    await fill_audit(store, 3)
+    last = (await store.list_audit())[-1]
+    # a forged entry appended after the real ones, chained to the genesis hash
+    await tamper(
+        store,
+        "INSERT INTO kernos_audit (at, actor, tenant, action, target, details, prev_hash, hash) "
+        "VALUES (?, 'mallory', NULL, 'key.create', NULL, '{}', ?, ?)",
+        last.at + 1,
+        "0" * 64,
+        "f" * 64,
+    )
+    check = await store.verify_audit()
+    assert not check.ok and check.first_bad_seq == last.seq + 1
+
+
+async def test_control_actions_are_audited_with_who_and_why(store: SqlStore) -> None:
+    run_id, _ = await claim_one(store)
+    await store.pause(run_id, reason="looks wrong", by="alice")
+    await store.cancel(run_id, reason="it was wrong", by="bob")
+    audit = await store.list_audit()
+    assert [(e.actor, e.action, e.details.get("reason")) for e in audit] == [
+        ("alice", "run.pause", "looks wrong"),
+        ("bob", "run.cancel", "it was wrong"),
+    ]
+    other, _ = await claim_one(store)
+    with pytest.raises(InvalidState):
+        await store.resume(other, by="carol")  # refused: nothing audited either
+    assert len(await store.list_audit()) == 2
+
+
+# -- API keys --------------------------------------------------------------------------------
+
+
+async def test_an_api_key_is_found_by_its_secret_which_is_not_stored(store: SqlStore) -> None:
+    key, secret = await store.create_api_key(name="ci", tenant="acme", role="operator")
+    assert secret.startswith(f"kn_{key.id}_") and len(secret) > 40
+    assert await store.find_api_key(secret) == key
+    assert await store.find_api_key(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
+    assert await store.find_api_key("not a key") is None
+
+    def stored() -> list[tuple[object, ...]]:
+        with store.dialect.read() as tx:
+            return [tuple(r) for r in tx.fetchall("SELECT * FROM kernos_api_keys", ())]
+
+    assert secret not in json.dumps(await asyncio.to_thread(stored), default=str)
+    assert await store.revoke_api_key(key.id, by="alice")
+    assert await store.find_api_key(secret) is None
+    assert not await store.revoke_api_key(key.id)
+    actions = [(e.action, e.actor) for e in await store.list_audit()]
+    assert actions == [("key.create", "cli"), ("key.revoke", "alice")]
+
+
+async def test_bad_keys_are_refused(store: SqlStore) -> None:
+    with pytest.raises(InvalidInput, match="role"):
+        await store.create_api_key(name="x", tenant="acme", role="root")
+    with pytest.raises(InvalidInput, match="only an admin key may span every tenant"):
+        await store.create_api_key(name="x", tenant=None, role="viewer")
+    key, _ = await store.create_api_key(name="ops", tenant=None, role="admin")
+    assert [k.id for k in await store.list_api_keys()] == [key.id]
+    assert await store.list_api_keys(tenant="acme") == []
