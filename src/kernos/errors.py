@@ -19,7 +19,8 @@ Every error says what happened, why, and what to do. The tree splits by who has 
     │   ├── LLMCallFailed       every model of a route failed or refused a call
     │   │   └── ProviderUnavailable   no provider answered before the call's deadline
     │   ├── ToolCallFailed      a tool call failed (its message is worded for the model)
-    │   │   └── ToolRefused     the loop breaker would not make the call again
+    │   │   ├── ToolRefused     the loop breaker would not make the call again
+    │   │   └── ToolRejected    a person rejected a call that required approval
     │   ├── AgentFailed         an agent's tool loop could not finish (turns, output, escalation)
     │   └── ContextOverflow     a conversation cannot fit the model's window even compacted
     └── InfrastructureError     the database is unavailable or full: retry later
@@ -240,6 +241,22 @@ class ToolRefused(ToolCallFailed):
     def __init__(self, tool: str, reason: str, for_model: str) -> None:
         self.reason = reason
         super().__init__(tool, "refused", for_model, attempts=0)
+
+
+class ToolRejected(ToolCallFailed):
+    """A person rejected a tool call that required approval (or it timed out unapproved)."""
+
+    def __init__(self, tool: str, by: str | None, reason: str | None) -> None:
+        self.by = by
+        self.reason = reason
+        who = f"a person ({by})" if by else "a person"
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            tool,
+            "rejected",
+            f"{who} rejected this call of {tool}{why}. Do not try it again unchanged.",
+            attempts=0,
+        )
 
 
 class AgentFailed(RunError):

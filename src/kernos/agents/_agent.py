@@ -30,7 +30,14 @@ from kernos.agents._keeper import ContextKeeper
 from kernos.agents._loops import LoopGuard
 from kernos.agents._mcp import McpServer
 from kernos.agents._tools import Tool, as_tool
-from kernos.errors import AgentFailed, ChildRunFailed, ToolCallFailed, ToolRefused, UsageError
+from kernos.errors import (
+    AgentFailed,
+    ChildRunFailed,
+    ToolCallFailed,
+    ToolRefused,
+    ToolRejected,
+    UsageError,
+)
 from kernos.gateway import Message, ToolCall, ToolSpec
 from kernos.kernel import (
     DEFAULT_RETRY,
@@ -337,7 +344,7 @@ class Agent:
             if isinstance(tool, MemoryTool):
                 return await tool.call(ctx, call.arguments)
             try:
-                result = await ctx.tool(tool, call.arguments, guard=guard)
+                result = await ctx.tool(tool, call.arguments, guard=guard, approved=True)
             except ToolRefused as exc:
                 refusals.append(exc)
                 return f"Refused: {exc.for_model}"
@@ -364,6 +371,19 @@ class Agent:
                 children.append((i, call, target))
             else:
                 plain.append((i, call, target))
+        # Approvals first, one after another: asking suspends the run, which must not
+        # happen while sibling calls are in flight. A rejected call is answered as such.
+        approved: list[tuple[int, ToolCall, Tool | MemoryTool]] = []
+        for i, call, tool in plain:
+            if isinstance(tool, Tool) and tool.approval_question(call.arguments):
+                try:
+                    edited = await ctx.approve_tool(tool, call.arguments)
+                except ToolRejected as exc:
+                    answers[i] = f"Rejected: {exc.for_model}"
+                    continue
+                call = call.model_copy(update={"arguments": edited})
+            approved.append((i, call, tool))
+        plain = approved
         done = await asyncio.gather(*(one(call, tool) for _, call, tool in plain))
         answers.update({i: text for (i, _, _), text in zip(plain, done, strict=True)})
         handles = [

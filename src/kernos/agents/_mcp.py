@@ -788,7 +788,8 @@ def _problems(name: str, errors: list[ValidationError]) -> str:
     for error in errors:
         path = [str(part) for part in error.absolute_path]
         if error.validator == "required" and isinstance(error.instance, dict):
-            missing = [p for p in error.validator_value if p not in error.instance]
+            required = error.validator_value if isinstance(error.validator_value, list) else []
+            missing = [p for p in required if p not in error.instance]
             problems.extend(f"'{'.'.join([*path, p])}' is required" for p in missing)
         elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
             known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}

@@ -43,6 +43,11 @@ class Tool:
     idempotent: bool = False
     #: seconds one call may take (None: no limit of its own)
     timeout: float | None = None
+    #: a person must approve each call (``True``), or the calls whose arguments this
+    #: predicate accepts (e.g. ``lambda a: a["amount"] > 100``)
+    requires_approval: bool | Callable[[Mapping[str, Any]], bool] = False
+    #: seconds a call waits for its approval before it is rejected (None: no limit)
+    approval_timeout: float | None = None
     #: validates the model's arguments; built from the signature for a Python function,
     #: from the server's JSON schema for an MCP tool. None: passed on as they are.
     check: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(repr=False, default=None)
@@ -57,6 +62,19 @@ class Tool:
         if self.check is None:
             return dict(arguments)
         return self.check(arguments)
+
+    def approval_question(self, arguments: Mapping[str, Any]) -> str | None:
+        """What a person is asked before this call, or None when it needs no approval."""
+        needed = self.requires_approval
+        if callable(needed):
+            try:
+                needed = bool(needed(arguments))
+            except Exception:  # a predicate that cannot judge these arguments: ask
+                needed = True
+        if not needed:
+            return None
+        shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+        return f"Allow {self.name}({shown})?"
 
     def serve(
         self, call: DurableCall, arguments: dict[str, Any], /, **options: Any
@@ -89,6 +107,8 @@ def tool(
     description: str | None = None,
     idempotent: bool = False,
     timeout: float | None = None,
+    requires_approval: bool | Callable[[Mapping[str, Any]], bool] = False,
+    approval_timeout: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -100,12 +120,22 @@ def tool(
     description: str | None = None,
     idempotent: bool = False,
     timeout: float | None = None,
+    requires_approval: bool | Callable[[Mapping[str, Any]], bool] = False,
+    approval_timeout: float | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Make a function a tool: ``@tool`` or ``@tool(idempotent=True, timeout=10)``."""
+    """Make a function a tool: ``@tool`` or ``@tool(idempotent=True, timeout=10)``;
+    ``requires_approval=True`` (or a predicate over the arguments) has a person approve each
+    call first (they may edit its arguments)."""
 
     def make(f: Callable[..., Any]) -> Tool:
         return as_tool(
-            f, name=name, description=description, idempotent=idempotent, timeout=timeout
+            f,
+            name=name,
+            description=description,
+            idempotent=idempotent,
+            timeout=timeout,
+            requires_approval=requires_approval,
+            approval_timeout=approval_timeout,
         )
 
     return make(fn) if fn is not None else make
@@ -118,6 +148,8 @@ def as_tool(
     description: str | None = None,
     idempotent: bool = False,
     timeout: float | None = None,
+    requires_approval: bool | Callable[[Mapping[str, Any]], bool] = False,
+    approval_timeout: float | None = None,
 ) -> Tool:
     """A ``Tool`` for ``fn`` (a ``Tool`` is returned as it is)."""
     if isinstance(fn, Tool):
@@ -141,6 +173,8 @@ def as_tool(
         parameters=_schema(arguments),
         idempotent=idempotent,
         timeout=timeout,
+        requires_approval=requires_approval,
+        approval_timeout=approval_timeout,
         check=_checker(tool_name, arguments),
     )
 

@@ -12,22 +12,17 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
-from functools import wraps
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from kernos.errors import ConfigError, InfrastructureError, KernosError, UsageError
+from kernos.errors import KernosError, UsageError
 from kernos.gateway import GROUPS, cost_report, default_services
 from kernos.kernel import (
     REGISTRY,
     CallService,
-    Client,
     Faults,
     Settings,
     Worker,
@@ -41,13 +36,25 @@ from kernos.kernel import (
 )
 from kernos.store import RunState, open_store
 
+from ._common import (
+    AppOpt,
+    DbOpt,
+    JsonOpt,
+    TenantOpt,
+    _client,
+    _exit_code,
+    _require_existing,
+    command,
+    err,
+    out,
+)
+from ._oversight import approvals_app, audit_app, keys_app
 from ._render import (
     costs_table,
     dumps,
     event_dict,
     inspect_view,
     log_line,
-    output_width,
     parse_since,
     run_dict,
     runs_table,
@@ -70,84 +77,9 @@ schedule_app = typer.Typer(help="Cron schedules that start runs.", no_args_is_he
 app.add_typer(db_app, name="db")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(sim_app, name="sim")
-
-# Data (inputs, outputs, errors, journal payloads) is printed as it is: never read as rich
-# markup, where a "[/x]" in a run's input would crash the command or vanish from its output.
-out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False, width=output_width())
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, width=output_width())
-
-T = TypeVar("T")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-TenantOpt = Annotated[
-    str | None, typer.Option(help="Charge the run's costs to this tenant (default: default).")
-]
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database", envvar="KERNOS_DATABASE_URL", help="Database URL.", show_default=False
-    ),
-]
-AppOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--app", envvar="KERNOS_APP", help="Module that defines the agents.", show_default=False
-    ),
-]
-
-
-def _exit_code(exc: KernosError) -> int:
-    if isinstance(exc, UsageError):
-        return 2
-    if isinstance(exc, InfrastructureError):
-        return 3
-    return 1
-
-
-def command(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
-    """Run an async command; turn kernos errors into one clear line and an exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            coro = fn(*args, **kwargs)
-            assert isinstance(coro, Coroutine)
-            result: T = asyncio.run(coro)
-            return result
-        except KernosError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(_exit_code(exc)) from None
-        except TimeoutError as exc:
-            err.print(f"[bold red]timeout:[/] {escape(str(exc))}")
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-async def _client(
-    database: str | None, app_module: str | None = None, *, create: bool = False
-) -> Client:
-    """Connect for a command. Only commands that create runs may create a SQLite file: a
-    mistyped path must not silently yield an empty, new database."""
-    if app_module:
-        load_app(app_module)
-    settings = load_settings()
-    url = database or settings.database_url
-    if not create:
-        _require_existing(url)
-    return await connect(url, settings=settings, registry=REGISTRY)
-
-
-def _require_existing(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise ConfigError(
-                f"no kernos database at {path} (from KERNOS_DATABASE_URL or --database); check "
-                f"the path, or create it with `kernos db migrate` or `kernos run`"
-            )
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 
 
 def _parse(text: str, what: str) -> Any:

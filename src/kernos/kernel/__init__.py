@@ -3,7 +3,7 @@
 from kernos.kernel._calls import CallRecord, CallService, DurableCall, DurableTool
 from kernos.kernel._client import Client, connect, format_time, output_of
 from kernos.kernel._codec import parse_json
-from kernos.kernel._context import ChildHandle, RunContext
+from kernos.kernel._context import ChildHandle, HumanDecision, RunContext
 from kernos.kernel._execution import idempotency_key
 from kernos.kernel._faults import Faults
 from kernos.kernel._memory import Embedder, RunMemory
@@ -26,6 +26,7 @@ __all__ = [
     "DurableTool",
     "Embedder",
     "Faults",
+    "HumanDecision",
     "Registry",
     "RetryPolicy",
     "RunContext",

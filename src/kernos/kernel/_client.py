@@ -155,19 +155,13 @@ class Client:
         text = encode(payload, "the message")
         return await self.store.send_message(run_id, topic, text, sender=sender or _person())
 
-    async def pause(
-        self, run_id: str, *, reason: str | None = None, by: str | None = None
-    ) -> Run:
+    async def pause(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
         return await self.store.pause(run_id, reason=reason, by=by or _person())
 
-    async def resume(
-        self, run_id: str, *, reason: str | None = None, by: str | None = None
-    ) -> Run:
+    async def resume(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
         return await self.store.resume(run_id, reason=reason, by=by or _person())
 
-    async def cancel(
-        self, run_id: str, *, reason: str | None = None, by: str | None = None
-    ) -> Run:
+    async def cancel(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
         return await self.store.cancel(run_id, reason=reason, by=by or _person())
 
     async def add_schedule(

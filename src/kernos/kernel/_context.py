@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from kernos.errors import UsageError
+from pydantic import BaseModel
+
+from kernos.errors import ToolRejected, UsageError
 from kernos.kernel._calls import DurableTool
 from kernos.kernel._execution import Execution
 from kernos.kernel._memory import RunMemory
+
+
+def _decision(payload: Mapping[str, Any], model: type[BaseModel] | None) -> HumanDecision:
+    answer = payload.get("answer")
+    if model is not None and answer is not None:
+        answer = model.model_validate(answer)
+    return HumanDecision(
+        approved=bool(payload.get("approved")),
+        answer=answer,
+        by=payload.get("by"),
+        reason=payload.get("reason"),
+        expired=payload.get("state") == "expired",
+        approval_id=str(payload.get("id")),
+    )
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -34,6 +51,20 @@ class ChildHandle:
         While the child runs, the parent holds nothing in any worker (guarantee 4).
         """
         return await self._execution.child_result(self.run_id)
+
+
+@dataclass(frozen=True, slots=True)
+class HumanDecision:
+    """What a person decided (``ctx.ask_human``), or what the timeout decided for them."""
+
+    approved: bool
+    #: the person's answer (validated against the schema asked with), edited tool arguments,
+    #: or the declared default after a timeout
+    answer: Any
+    by: str | None
+    reason: str | None
+    expired: bool
+    approval_id: str
 
 
 class RunContext:
@@ -122,7 +153,10 @@ class RunContext:
             )
         if arguments is not None and not isinstance(arguments, Mapping):
             raise UsageError(f"the arguments of tool {name!r} must be a dict, not {arguments!r}")
-        return await self._x.call("tool", name, serve, (dict(arguments or {}),), options)
+        args = dict(arguments or {})
+        if not options.pop("approved", False):
+            args = await self.approve_tool(tool, args)
+        return await self._x.call("tool", name, serve, (args,), options)
 
     async def send(self, run_id: str, topic: str, value: Any = None) -> None:
         """Send ``value`` (JSON) to run ``run_id`` on ``topic``; it wakes the run if it waits.
@@ -134,6 +168,64 @@ class RunContext:
         if not isinstance(run_id, str) or not run_id:
             raise UsageError("ctx.send needs the id of the run to send to")
         await self._x.send(run_id, topic, value)
+
+    async def ask_human(
+        self,
+        question: str,
+        schema: type[BaseModel] | Mapping[str, Any] | None = None,
+        *,
+        timeout: float | timedelta | None = None,
+        on_timeout: Literal["reject", "approve"] = "reject",
+        default: Any = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> HumanDecision:
+        """Ask a person and wait, durably, for their decision.
+
+        The run waits (waiting for: approval) and holds nothing until someone approves or
+        rejects (``kernos approvals approve|reject ID``, or the API). An approval may carry an
+        answer, checked against ``schema`` (a pydantic model, or a JSON schema) before it is
+        recorded; with a pydantic model, ``answer`` is an instance of it. After ``timeout``
+        the decision is ``on_timeout`` (with ``default`` as the answer). Decided once: replay
+        returns the recorded decision.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise UsageError("ctx.ask_human needs a question for the person")
+        model = schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
+        json_schema: dict[str, Any] | None = (
+            model.model_json_schema()
+            if model is not None
+            else (dict(schema) if isinstance(schema, Mapping) else None)
+        )
+        seconds = None if timeout is None else _seconds(timeout)
+        payload = await self._x.ask_human(
+            "question",
+            question,
+            {**dict(details or {}), **({"schema": json_schema} if json_schema else {})},
+            seconds,
+            {"approved": on_timeout == "approve", "answer": default},
+        )
+        return _decision(payload, model)
+
+    async def approve_tool(self, tool: DurableTool, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments to call ``tool`` with, after a person's approval if it requires one
+        (a person may edit them); ``ToolRejected`` if they reject it."""
+        ask = getattr(tool, "approval_question", None)
+        question = ask(arguments) if callable(ask) else None
+        if not question:
+            return dict(arguments)
+        payload = await self._x.ask_human(
+            f"tool:{tool.name}",
+            str(question),
+            {"tool": tool.name, "arguments": dict(arguments)},
+            getattr(tool, "approval_timeout", None),
+            {"approved": False, "answer": None},
+        )
+        decision = _decision(payload, None)
+        if not decision.approved:
+            raise ToolRejected(tool.name, decision.by, decision.reason)
+        if isinstance(decision.answer, Mapping):  # the person edited the arguments
+            return dict(decision.answer)
+        return dict(arguments)
 
     async def receive(self, topic: str) -> tuple[bool, Any]:
         """Take the next message sent to this run on ``topic``, if there is one; never waits.

@@ -35,6 +35,7 @@ from kernos.errors import (
     ChildRunFailed,
     InfrastructureError,
     InvalidInput,
+    InvalidState,
     LeaseLost,
     NotSerializable,
     StepFailed,
@@ -48,6 +49,8 @@ from kernos.kernel._registry import AgentSpec, Registry
 from kernos.kernel._replay import CANCEL_DELIVERED, History
 from kernos.kernel._retry import policy_of
 from kernos.store import (
+    ApprovalState,
+    ApprovalWait,
     ChildWait,
     Claim,
     Control,
@@ -55,6 +58,7 @@ from kernos.store import (
     MemoryHit,
     Message,
     MessageWait,
+    NewApproval,
     NewRun,
     RunState,
     Store,
@@ -620,6 +624,90 @@ class Execution:
             raise
         except InfrastructureError as exc:
             raise StoreDown(exc) from exc
+
+    async def ask_human(
+        self,
+        kind: str,
+        question: str,
+        details: dict[str, Any],
+        timeout: float | None,
+        on_timeout: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A decision a person makes, durably: the run waits (holding nothing) until one is
+        recorded, or until ``timeout`` when ``on_timeout`` is the decision."""
+        pos, recorded = self._next("approval", kind)
+        for ev in recorded:
+            if ev.type == "approval_decided":
+                return ev.payload
+        self._boundary(pos)
+        approval_id = f"{self.run_id}:{pos}"
+        requested = next((ev for ev in recorded if ev.type == "approval_requested"), None)
+        if requested is None:
+            expires_at = None if timeout is None else time.time() + max(0.0, timeout)
+            event = self._event(
+                "approval_requested",
+                step=pos,
+                name=kind,
+                payload={
+                    "id": approval_id,
+                    "question": question,
+                    "details": details,
+                    "expires_at": expires_at,
+                },
+            )
+            try:
+                await self.store.request_approval(
+                    self.run_id,
+                    self.token,
+                    events=self._flush([event]),
+                    approval=NewApproval(
+                        run_id=self.run_id,
+                        step=pos,
+                        tenant=self.run.tenant,
+                        kind=kind,
+                        question=question,
+                        details=details,
+                        expires_at=expires_at,
+                    ),
+                )
+            except LeaseLost:
+                self.lost = True
+                raise
+            except InfrastructureError as exc:
+                raise StoreDown(exc) from exc
+        else:
+            expires_at = requested.payload.get("expires_at")
+        approval = await self._store_call(self.store.get_approval, approval_id)
+        if approval.state == ApprovalState.PENDING:
+            if expires_at is None or time.time() < expires_at:
+                timer = Timer(pos, expires_at) if expires_at is not None else None
+                raise self._suspension(
+                    f"approval:{approval_id}", [], timer, ApprovalWait(approval_id)
+                )
+            try:
+                approval = await self._store_call(
+                    self.store.decide_approval,
+                    approval_id,
+                    approve=bool(on_timeout.get("approved")),
+                    by="kernos:timeout",
+                    reason=f"no decision within {timeout:g} s" if timeout else "timed out",
+                    answer=on_timeout.get("answer"),
+                    expired=True,
+                )
+            except InvalidState:  # a person decided in the meantime: theirs stands
+                approval = await self._store_call(self.store.get_approval, approval_id)
+        payload = {
+            "id": approval_id,
+            "state": approval.state.value,
+            "approved": approval.state == ApprovalState.APPROVED
+            or (approval.state == ApprovalState.EXPIRED and bool(on_timeout.get("approved"))),
+            "answer": approval.answer,
+            "by": approval.decided_by,
+            "reason": approval.reason,
+            "decided_at": approval.decided_at,
+        }
+        await self._write(self._event("approval_decided", step=pos, name=kind, payload=payload))
+        return payload
 
     async def receive(self, topic: str) -> tuple[bool, Any]:
         """Take the next message on ``topic`` if one waits; never waits for one.

@@ -32,6 +32,8 @@ KIND_OF = {
     "message_taken": "receive",
     "mailbox_empty": "receive",
     "note": "note",
+    "approval_requested": "approval",
+    "approval_decided": "approval",
     "memory_put": "memory_put",
     "memory_search": "memory_search",
     **call_kinds(),
