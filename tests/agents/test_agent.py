@@ -495,3 +495,40 @@ def test_agent_definitions_are_checked_when_written(registry: Registry) -> None:
 
 async def _state(client: Client, run_id: str, state: RunState) -> bool:
     return (await client.get(run_id)).state == state
+
+
+async def test_a_person_takes_over_and_their_reply_is_the_answer(
+    client: Client, registry: Registry, sim: SimServer, agent_worker: AgentWorker, db_url: str
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @kernos.tool
+    async def slow() -> str:
+        """Takes a while."""
+        started.set()
+        await release.wait()
+        return "done"
+
+    Agent("handover", model=OA, tools=[slow], registry=registry)
+    sim.script("oa", Reply(tool_calls=(Call(name="slow", arguments={}),)), Reply(text="unused"))
+    async with agent_worker():
+        run = await client.start("handover", "help")
+        await asyncio.wait_for(started.wait(), 15)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kernos", "takeover", run.id,
+            "I'm Dana from support: I have refunded you myself.", "--sender", "dana",
+            "--database", db_url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        release.set()
+        done = await finish(client, run.id)
+    assert done.state == RunState.COMPLETED, done.error
+    assert output_of(done) == "I'm Dana from support: I have refunded you myself."
+    assert len(requests(sim)) == 1  # the model was not asked again
+    taken = [e for e in await client.journal(run.id) if e.type == "message_taken"]
+    assert taken[-1].name == "takeover" and taken[-1].payload["sender"] == "dana"
+    audit = [(e.actor, e.action) for e in await client.store.list_audit()]
+    assert ("dana", "run.message") in audit

@@ -52,6 +52,8 @@ log = logging.getLogger("kernos.agents")
 
 #: the topic on which people and other runs add messages to a conversation
 USER_TOPIC = "user"
+#: the topic on which a person takes over: their reply stands in for the model's next one
+TAKEOVER_TOPIC = "takeover"
 
 Escalation = Literal["fail", "person"]
 
@@ -246,6 +248,19 @@ class Agent:
         refused_turns = 0
         for _turn in range(self.max_turns):
             messages.extend(await _arrived(ctx))
+            taken, reply = await ctx.receive(TAKEOVER_TOPIC)
+            if taken:  # a person answers in the model's place: their reply is the answer
+                text = _text_of(reply)
+                messages.append(Message(role="assistant", content=text))
+                done, value, problem = self._final(text)
+                if done:
+                    return value
+                raise AgentFailed(
+                    self.name,
+                    "invalid_output",
+                    f"the reply a person gave in the model's place does not match "
+                    f"{self._output_name()}: {problem}",
+                )
             budget_spent = guard.budget is not None and guard.calls >= guard.budget
             offered = specs if not budget_spent else []
             messages = await self.context.fit(ctx, messages, offered, pinned)

@@ -300,6 +300,21 @@ async def send(
     out.print(f"message {msg.id} sent to run {run_id} on {topic!r}")
 
 
+@app.command()
+@command
+async def takeover(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    reply: Annotated[str, typer.Argument(help="Your reply, in the model's place.")],
+    sender: Annotated[str | None, typer.Option(help="Who you are (audited).")] = None,
+    database: DbOpt = None,
+) -> None:
+    """Answer a conversation in the model's place: an Agent run takes your reply as its
+    model's next answer, and ends with it (it is in the trace and the audit log)."""
+    async with await _client(database) as client:
+        msg = await client.send(run_id, "takeover", reply, sender=sender)
+    out.print(f"reply {msg.id} sent to run {run_id}; it stands in for the model's next answer")
+
+
 # -- workers ----------------------------------------------------------------------------------
 
 

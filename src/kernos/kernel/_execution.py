@@ -74,6 +74,9 @@ T = TypeVar("T")
 
 _current_key: contextvars.ContextVar[str] = contextvars.ContextVar("kernos_idempotency_key")
 
+#: how long one look at a run's mailbox holds for ``ctx.receive`` (seconds)
+MAIL_PROBE_EVERY = 0.02
+
 #: a wait this short is slept in the worker rather than parked in the store
 INLINE_SLEEP_MAX = 1.0
 
@@ -184,6 +187,8 @@ class Execution:
         self._cancel_sent = False
         self._inflight = 0
         self._scratch: dict[str, Any] = {}
+        self._mail: frozenset[str] = frozenset()
+        self._mail_probed_at = -1e9
 
     # -- the outer loop ---------------------------------------------------------------------
 
@@ -723,11 +728,25 @@ class Execution:
             if ev.type == "mailbox_empty":
                 return False, None
         self._boundary(pos)
+        if topic not in await self._mail_topics():
+            self._buffer("mailbox_empty", step=pos, name=topic)
+            return False, None
         message = await self._take_message(topic, pos, event_type="message_taken")
+        self._mail_probed_at = -1e9  # the mailbox changed: look again next time
         if message is not None:
             return True, parse_json(message.payload, f"message {message.id}")
         self._buffer("mailbox_empty", step=pos, name=topic)
         return False, None
+
+    async def _mail_topics(self) -> frozenset[str]:
+        """The topics with mail waiting, looked up at most every ``MAIL_PROBE_EVERY`` seconds:
+        an agent checks several topics per turn, and a message that arrives just after a look
+        is seen at the next turn (what each look found is journaled, so replay agrees)."""
+        now = time.monotonic()
+        if now - self._mail_probed_at > MAIL_PROBE_EVERY:
+            self._mail = await self._store_call(self.store.waiting_topics, self.run_id)
+            self._mail_probed_at = now
+        return self._mail
 
     def note(self, name: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """A fact the agent decided, journaled at its position (e.g. a context compaction).

@@ -145,6 +145,7 @@ class Store(Protocol):
     async def release(
         self, run_id: str, token: int, *, state: RunState, events: Sequence[Event]
     ) -> None: ...
+    async def waiting_topics(self, run_id: str) -> frozenset[str]: ...
     async def take_message(
         self,
         run_id: str,

@@ -883,6 +883,20 @@ class SqlStore:
             self._insert_events(tx, run_id, [*before, make_event(message)])
             return message
 
+    def _waiting_topics(self, run_id: str) -> frozenset[str]:
+        with self._d.read() as tx:
+            rows = tx.fetchall(
+                "SELECT DISTINCT topic FROM kernos_messages WHERE run_id = ? "
+                "AND consumed_step IS NULL",
+                (run_id,),
+            )
+        return frozenset(str(r[0]) for r in rows)
+
+    async def waiting_topics(self, run_id: str) -> frozenset[str]:
+        """The topics on which unconsumed messages wait for ``run_id`` (one cheap read: an
+        agent looks at several topics every turn, and they are almost always empty)."""
+        return await self._call(self._waiting_topics, run_id)
+
     async def take_message(
         self,
         run_id: str,
