@@ -16,7 +16,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from kernos.gateway import default_services
-from kernos.kernel import CallService, Client, Embedder, Registry, Worker, WorkerConfig
+from kernos.kernel import (
+    CallService,
+    Client,
+    Embedder,
+    Notifier,
+    Registry,
+    Worker,
+    WorkerConfig,
+)
 
 #: short leases and polls, so that tests of recovery and timers finish quickly
 FAST = WorkerConfig(concurrency=50, lease_ttl=3.0, poll_interval=0.05, grace=5.0)
@@ -32,6 +40,7 @@ async def running_worker(
     *,
     services: Mapping[str, CallService] | None = None,
     embedder: Embedder | None = None,
+    notifier: Notifier | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker in this event loop for the block; it drains and stops on exit.
 
@@ -41,7 +50,9 @@ async def running_worker(
     """
     if services is None:
         services = default_services()
-    worker = Worker(client.store, registry, config, services=services, embedder=embedder)
+    worker = Worker(
+        client.store, registry, config, services=services, embedder=embedder, notifier=notifier
+    )
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.started.wait(), 10)
     try:

@@ -20,10 +20,12 @@ from rich.markup import escape
 
 from kernos.errors import KernosError, UsageError
 from kernos.gateway import GROUPS, cost_report, default_services
+from kernos.governance import notifier_from_config
 from kernos.kernel import (
     REGISTRY,
     CallService,
     Faults,
+    Notifier,
     Settings,
     Worker,
     WorkerConfig,
@@ -357,18 +359,25 @@ def worker(
             faults=Faults.parse(settings.fault),
         )
         services = default_services()  # kernos.toml: a bad file stops the worker here
+        notifier = notifier_from_config()
         tune_gc()
-        asyncio.run(_run_worker(database or settings.database_url, settings, config, services))
+        asyncio.run(
+            _run_worker(database or settings.database_url, settings, config, services, notifier)
+        )
     except KernosError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(_exit_code(exc)) from None
 
 
 async def _run_worker(
-    url: str, settings: Settings, config: WorkerConfig, services: dict[str, CallService]
+    url: str,
+    settings: Settings,
+    config: WorkerConfig,
+    services: dict[str, CallService],
+    notifier: Notifier | None,
 ) -> None:
     client = await connect(url, settings=settings, registry=REGISTRY)
-    w = Worker(client.store, REGISTRY, config, services=services)
+    w = Worker(client.store, REGISTRY, config, services=services, notifier=notifier)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)

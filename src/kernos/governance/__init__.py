@@ -4,4 +4,18 @@ See DESIGN.md, "Oversight and governance". Checks come before effects (guarantee
 kernel asks this layer before each tool and LLM call, and each decision is journaled.
 """
 
-__all__: list[str] = []
+from kernos.governance._webhooks import (
+    TargetRefused,
+    WebhookNotifier,
+    notifier_from_config,
+    sign,
+    verify,
+)
+
+__all__ = [
+    "TargetRefused",
+    "WebhookNotifier",
+    "notifier_from_config",
+    "sign",
+    "verify",
+]

@@ -44,7 +44,7 @@ from kernos.errors import (
 from kernos.kernel._calls import CallRecord, CallService, DurableCall, Park
 from kernos.kernel._codec import encode, parse_json, roundtrip
 from kernos.kernel._faults import Faults
-from kernos.kernel._memory import Embedder, hit_of, hit_payload, new_memory
+from kernos.kernel._memory import Embedder, Notifier, hit_of, hit_payload, new_memory
 from kernos.kernel._registry import AgentSpec, Registry
 from kernos.kernel._replay import CANCEL_DELIVERED, History
 from kernos.kernel._retry import policy_of
@@ -166,9 +166,11 @@ class Execution:
         faults: Faults,
         services: Mapping[str, CallService] | None = None,
         embedder: Embedder | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
+        self.notifier = notifier
         self.services: Mapping[str, CallService] = services or {}
         self.registry = registry
         self.claim = claim
@@ -661,7 +663,7 @@ class Execution:
                 },
             )
             try:
-                await self.store.request_approval(
+                created = await self.store.request_approval(
                     self.run_id,
                     self.token,
                     events=self._flush([event]),
@@ -680,6 +682,11 @@ class Execution:
                 raise
             except InfrastructureError as exc:
                 raise StoreDown(exc) from exc
+            if self.notifier is not None:
+                try:
+                    await self.notifier.run_needs_person(created)
+                except Exception:  # telling people is best effort; the approval stands
+                    log.exception("run %s: the notifier failed", self.run_id)
         else:
             expires_at = requested.payload.get("expires_at")
         approval = await self._store_call(self.store.get_approval, approval_id)

@@ -24,7 +24,7 @@ from kernos.kernel._calls import CallService
 from kernos.kernel._cron import next_fire
 from kernos.kernel._execution import Execution, WorkerSignals
 from kernos.kernel._faults import Faults
-from kernos.kernel._memory import Embedder
+from kernos.kernel._memory import Embedder, Notifier
 from kernos.kernel._registry import Registry
 from kernos.store import Claim, Store, new_run_id
 
@@ -73,6 +73,7 @@ class Worker:
         *,
         services: Mapping[str, CallService] | None = None,
         embedder: Embedder | None = None,
+        notifier: Notifier | None = None,
     ):
         """``services`` serve the durable calls of higher layers: ``{"llm": ...}`` for
         ``ctx.llm`` (``kernos.default_services()`` builds them from kernos.toml). The worker
@@ -80,6 +81,8 @@ class Worker:
         lets ``ctx.memory`` search by meaning as well as by words."""
         self.store = store
         self.embedder = embedder
+        #: told when a run starts waiting for a person (closed with the worker, if it can be)
+        self.notifier = notifier
         self.services: dict[str, CallService] = dict(services or {})
         self.registry = registry
         self.config = config or WorkerConfig()
@@ -125,7 +128,8 @@ class Worker:
 
     async def _close_services(self) -> None:
         """The worker owns its services: their connections close when it stops."""
-        for name, service in self.services.items():
+        owned: dict[str, Any] = {**self.services, "notifier": self.notifier}
+        for name, service in owned.items():
             aclose = getattr(service, "aclose", None)
             if aclose is None:
                 continue
@@ -185,6 +189,7 @@ class Worker:
             self.config.faults,
             self.services,
             self.embedder,
+            self.notifier,
         )
         task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
         self._active[claim.run.id] = (task, execution)
