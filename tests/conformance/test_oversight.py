@@ -16,6 +16,7 @@ from kernos.errors import ApprovalNotFound, InvalidInput, InvalidState, LeaseLos
 from kernos.store import (
     ApprovalState,
     ApprovalWait,
+    BudgetCharge,
     Event,
     NewApproval,
     SqlStore,
@@ -296,3 +297,43 @@ async def test_bad_keys_are_refused(store: SqlStore) -> None:
     key, _ = await store.create_api_key(name="ops", tenant=None, role="admin")
     assert [k.id for k in await store.list_api_keys()] == [key.id]
     assert await store.list_api_keys(tenant="acme") == []
+
+
+# -- budgets ---------------------------------------------------------------------------------
+
+
+def charge(budget: str = "daily", usd: float = 1.0, limit: float | None = 10.0) -> BudgetCharge:
+    return BudgetCharge(
+        budget=budget,
+        key="acme",
+        period_start=1_700_000_000.0,
+        limit_usd=limit,
+        limit_tokens=None,
+        usd=usd,
+        tokens=100,
+    )
+
+
+async def test_reservations_are_all_or_none_and_settle_to_the_real_cost(store: SqlStore) -> None:
+    assert (await store.reserve_budget([charge(usd=4.0)])).ok
+    refused = await store.reserve_budget([charge("monthly", usd=1.0, limit=100.0), charge(usd=7.0)])
+    assert not refused.ok and refused.exceeded is not None
+    assert refused.exceeded.budget == "daily" and refused.spent_usd == 4.0
+    usage = {u.budget: u for u in await store.budget_usage()}
+    assert "monthly" not in usage or usage["monthly"].reserved_usd == 0  # none reserved
+    await store.settle_budget([charge(usd=4.0)], usd=2.5, tokens=1234)
+    usage = {u.budget: u for u in await store.budget_usage()}
+    assert (usage["daily"].usd, usage["daily"].reserved_usd, usage["daily"].tokens) == (
+        2.5,
+        0.0,
+        1234,
+    )
+    assert (await store.reserve_budget([charge(usd=7.5)])).ok  # 2.5 + 7.5 = 10: at the limit
+
+
+async def test_concurrent_reservations_never_overspend(store: SqlStore) -> None:
+    """50 calls of 1 USD at once against a 10 USD budget: exactly 10 get through."""
+    verdicts = await asyncio.gather(*(store.reserve_budget([charge()]) for _ in range(50)))
+    assert sum(v.ok for v in verdicts) == 10
+    usage = await store.budget_usage()
+    assert usage[0].reserved_usd == 10.0

@@ -26,6 +26,9 @@ from kernos.store._records import (
     ApprovalState,
     AuditCheck,
     AuditEntry,
+    BudgetCharge,
+    BudgetUsage,
+    BudgetVerdict,
     NewApproval,
 )
 
@@ -325,4 +328,100 @@ def _key(row: Sequence[Any]) -> ApiKey:
         role=row[3],
         created_at=float(row[4]),
         revoked_at=None if row[5] is None else float(row[5]),
+    )
+
+
+# -- budgets ---------------------------------------------------------------------------------
+
+
+def reserve_budget(tx: Tx, charges: Sequence[BudgetCharge], now: float, lock: str) -> BudgetVerdict:
+    """Reserve every charge's estimate, or none: the first budget it would exceed is named.
+
+    Rows are locked in a fixed order (budget, key) so that two calls reserving on the same
+    budgets cannot deadlock.
+    """
+    for charge in sorted(charges, key=lambda c: (c.budget, c.key)):
+        tx.execute(
+            "INSERT INTO kernos_budget_usage (budget, key, period_start, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (budget, key, period_start) DO NOTHING",
+            (charge.budget, charge.key, charge.period_start, now),
+        )
+    rows: list[tuple[BudgetCharge, BudgetUsage]] = []
+    for charge in sorted(charges, key=lambda c: (c.budget, c.key)):
+        usage = _usage(tx, charge, lock)
+        rows.append((charge, usage))
+        spent_usd = usage.usd + usage.reserved_usd
+        spent_tokens = usage.tokens + usage.reserved_tokens
+        over_usd = charge.limit_usd is not None and spent_usd + charge.usd > charge.limit_usd
+        over_tokens = (
+            charge.limit_tokens is not None and spent_tokens + charge.tokens > charge.limit_tokens
+        )
+        if over_usd or over_tokens:
+            return BudgetVerdict(False, charge, spent_usd, spent_tokens)
+    for charge, _ in rows:
+        tx.execute(
+            "UPDATE kernos_budget_usage SET reserved_usd = reserved_usd + ?, "
+            "reserved_tokens = reserved_tokens + ?, updated_at = ? "
+            "WHERE budget = ? AND key = ? AND period_start = ?",
+            (charge.usd, charge.tokens, now, charge.budget, charge.key, charge.period_start),
+        )
+    return BudgetVerdict(True)
+
+
+def settle_budget(
+    tx: Tx,
+    reserved: Sequence[BudgetCharge],
+    actual_usd: float,
+    actual_tokens: int,
+    now: float,
+    lock: str,
+) -> None:
+    """Replace each reservation by what the call really cost."""
+    for charge in sorted(reserved, key=lambda c: (c.budget, c.key)):
+        usage = _usage(tx, charge, lock)
+        tx.execute(
+            "UPDATE kernos_budget_usage SET usd = ?, tokens = ?, reserved_usd = ?, "
+            "reserved_tokens = ?, updated_at = ? "
+            "WHERE budget = ? AND key = ? AND period_start = ?",
+            (
+                usage.usd + actual_usd,
+                usage.tokens + actual_tokens,
+                max(0.0, usage.reserved_usd - charge.usd),
+                max(0, usage.reserved_tokens - charge.tokens),
+                now,
+                charge.budget,
+                charge.key,
+                charge.period_start,
+            ),
+        )
+
+
+def list_budget_usage(tx: Tx, since: float) -> list[BudgetUsage]:
+    rows = tx.fetchall(
+        "SELECT budget, key, period_start, usd, tokens, reserved_usd, reserved_tokens "
+        "FROM kernos_budget_usage WHERE period_start >= ? ORDER BY budget, key, period_start",
+        (since,),
+    )
+    return [_usage_of(r) for r in rows]
+
+
+def _usage(tx: Tx, charge: BudgetCharge, lock: str) -> BudgetUsage:
+    row = tx.fetchone(
+        "SELECT budget, key, period_start, usd, tokens, reserved_usd, reserved_tokens "
+        f"FROM kernos_budget_usage WHERE budget = ? AND key = ? AND period_start = ?{lock}",
+        (charge.budget, charge.key, charge.period_start),
+    )
+    assert row is not None
+    return _usage_of(row)
+
+
+def _usage_of(row: Sequence[Any]) -> BudgetUsage:
+    return BudgetUsage(
+        budget=row[0],
+        key=row[1],
+        period_start=float(row[2]),
+        usd=float(row[3]),
+        tokens=int(row[4]),
+        reserved_usd=float(row[5]),
+        reserved_tokens=int(row[6]),
     )

@@ -19,6 +19,9 @@ from kernos.store._records import (
     ApprovalState,
     AuditCheck,
     AuditEntry,
+    BudgetCharge,
+    BudgetUsage,
+    BudgetVerdict,
     Claim,
     Control,
     Event,
@@ -205,6 +208,11 @@ class Store(Protocol):
         limit: int = 1000,
     ) -> list[AuditEntry]: ...
     async def verify_audit(self) -> AuditCheck: ...
+    async def reserve_budget(self, charges: Sequence[BudgetCharge]) -> BudgetVerdict: ...
+    async def settle_budget(
+        self, reserved: Sequence[BudgetCharge], *, usd: float, tokens: int
+    ) -> None: ...
+    async def budget_usage(self, *, since: float = 0.0) -> list[BudgetUsage]: ...
     async def create_api_key(
         self, *, name: str, tenant: str | None, role: str, by: str = "cli"
     ) -> tuple[ApiKey, str]: ...

@@ -256,6 +256,41 @@ class AuditCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetCharge:
+    """One budget a call counts against: its limits, and what the call is estimated (on
+    reserve) or found (on settle) to cost."""
+
+    budget: str
+    key: str
+    period_start: float
+    limit_usd: float | None
+    limit_tokens: int | None
+    usd: float
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    budget: str
+    key: str
+    period_start: float
+    usd: float
+    tokens: int
+    reserved_usd: float
+    reserved_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetVerdict:
+    """``ok``, or the first budget the call would exceed, with what it has spent."""
+
+    ok: bool
+    exceeded: BudgetCharge | None = None
+    spent_usd: float = 0.0
+    spent_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKey:
     id: str
     name: str

@@ -221,6 +221,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        6,
+        "budgets: spend and reservations per budget, key and period",
+        (
+            # One row per budget (its name), key (the run, agent or tenant it counts for) and
+            # period (its start). A call reserves its estimate before it is made and settles
+            # with its real cost after, so concurrent calls on many workers cannot overspend
+            # by more than one call's estimation error each.
+            """CREATE TABLE kernos_budget_usage (
+                budget TEXT NOT NULL,
+                key TEXT NOT NULL,
+                period_start {float} NOT NULL,
+                usd {float} NOT NULL DEFAULT 0,
+                tokens {bigint} NOT NULL DEFAULT 0,
+                reserved_usd {float} NOT NULL DEFAULT 0,
+                reserved_tokens {bigint} NOT NULL DEFAULT 0,
+                updated_at {float} NOT NULL,
+                PRIMARY KEY (budget, key, period_start)
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

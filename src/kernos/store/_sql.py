@@ -60,6 +60,9 @@ from kernos.store._oversight import (
     list_api_keys,
     list_approvals,
     list_audit,
+    list_budget_usage,
+    reserve_budget,
+    settle_budget,
     verify_audit,
 )
 from kernos.store._protocol import Heartbeat, Timer
@@ -71,6 +74,9 @@ from kernos.store._records import (
     ApprovalWait,
     AuditCheck,
     AuditEntry,
+    BudgetCharge,
+    BudgetUsage,
+    BudgetVerdict,
     ChildWait,
     Claim,
     Control,
@@ -1680,6 +1686,38 @@ class SqlStore:
     async def revoke_api_key(self, key_id: str, *, by: str = "cli") -> bool:
         """Revoke a key at once; False if no live key has that id. Audited."""
         return await self._call(self._revoke_api_key, key_id, by)
+
+    def _reserve_budget(self, charges: Sequence[BudgetCharge]) -> BudgetVerdict:
+        with self._d.write() as tx:
+            return reserve_budget(tx, charges, time.time(), self._d.lock_rows)
+
+    async def reserve_budget(self, charges: Sequence[BudgetCharge]) -> BudgetVerdict:
+        """Reserve a call's estimated cost on every budget it counts against, atomically: all
+        or none, the first budget it would exceed named. Concurrent calls on many workers
+        serialise on the budget's row."""
+        if not charges:
+            return BudgetVerdict(True)
+        return await self._call(self._reserve_budget, list(charges))
+
+    def _settle_budget(self, reserved: Sequence[BudgetCharge], usd: float, tokens: int) -> None:
+        with self._d.write() as tx:
+            settle_budget(tx, reserved, usd, tokens, time.time(), self._d.lock_rows)
+
+    async def settle_budget(
+        self, reserved: Sequence[BudgetCharge], *, usd: float, tokens: int
+    ) -> None:
+        """The call is over: its reservations become its real cost (0 if it failed)."""
+        if reserved:
+            await self._call(self._settle_budget, list(reserved), usd, tokens)
+
+    def _budget_usage(self, since: float) -> list[BudgetUsage]:
+        with self._d.read() as tx:
+            return list_budget_usage(tx, since)
+
+    async def budget_usage(self, *, since: float = 0.0) -> list[BudgetUsage]:
+        """Spend and reservations of every budget, key and period starting at ``since`` or
+        later."""
+        return await self._call(self._budget_usage, since)
 
     async def wait_for_work(self, timeout: float) -> None:
         if self._d.name == "sqlite":
