@@ -20,6 +20,7 @@ from kernos.kernel import (
     CallService,
     Client,
     Embedder,
+    Gatekeeper,
     Notifier,
     Registry,
     Worker,
@@ -41,6 +42,7 @@ async def running_worker(
     services: Mapping[str, CallService] | None = None,
     embedder: Embedder | None = None,
     notifier: Notifier | None = None,
+    gatekeeper: Gatekeeper | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker in this event loop for the block; it drains and stops on exit.
 
@@ -51,7 +53,13 @@ async def running_worker(
     if services is None:
         services = default_services()
     worker = Worker(
-        client.store, registry, config, services=services, embedder=embedder, notifier=notifier
+        client.store,
+        registry,
+        config,
+        services=services,
+        embedder=embedder,
+        notifier=notifier,
+        gatekeeper=gatekeeper,
     )
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.started.wait(), 10)

@@ -383,7 +383,8 @@ def load_config(
     if file is None:
         return GatewayConfig()
     data = read_config_file(file)
-    data.pop("mcp", None)  # the agents layer's MCP servers share the file (see kernos.agents)
+    for section in ("mcp", "policy", "budgets", "notifications", "redaction", "api"):
+        data.pop(section, None)  # other layers' sections of the same file
     providers = data.get("providers", {})
     if isinstance(providers, Mapping):
         data["providers"] = {**{name: {} for name in _DEFAULT_PROVIDERS}, **providers}

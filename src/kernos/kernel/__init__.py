@@ -1,6 +1,14 @@
 """The kernel layer: durable runs by replay, workers, leases, timers, messages, schedules."""
 
-from kernos.kernel._calls import CallRecord, CallService, DurableCall, DurableTool
+from kernos.kernel._calls import (
+    CallCheck,
+    CallRecord,
+    CallService,
+    DurableCall,
+    DurableTool,
+    Gatekeeper,
+    Verdict,
+)
 from kernos.kernel._client import Client, connect, format_time, output_of
 from kernos.kernel._codec import parse_json
 from kernos.kernel._context import ChildHandle, HumanDecision, RunContext
@@ -18,6 +26,7 @@ __all__ = [
     "REGISTRY",
     "STEP_KINDS",
     "AgentSpec",
+    "CallCheck",
     "CallRecord",
     "CallService",
     "ChildHandle",
@@ -26,6 +35,7 @@ __all__ = [
     "DurableTool",
     "Embedder",
     "Faults",
+    "Gatekeeper",
     "HumanDecision",
     "Notifier",
     "Registry",
@@ -33,6 +43,7 @@ __all__ = [
     "RunContext",
     "RunMemory",
     "Settings",
+    "Verdict",
     "Worker",
     "WorkerConfig",
     "agent",

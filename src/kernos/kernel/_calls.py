@@ -13,7 +13,7 @@ Events at a call's position, for kind ``k``: ``k_attempt`` (one per failed attem
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
@@ -135,10 +135,52 @@ class DurableCall:
         raise Park(waiting_for, retry_at, payload)
 
 
+@dataclass(frozen=True, slots=True)
+class CallCheck:
+    """A call about to be made, as the checks before effects see it (guarantee 6)."""
+
+    kind: str
+    #: the tool's name, or the LLM call's route
+    name: str
+    run_id: str
+    agent: str
+    tenant: str
+    #: the tool's arguments (empty for an LLM call)
+    arguments: Mapping[str, Any]
+    #: an LLM call's messages and options (empty for a tool call)
+    messages: Sequence[Any] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the checks decided. ``effect``: ``allow``, ``deny``, ``require_approval``, or
+    ``wait`` (not now: a budget is spent; ask again at ``retry_at``). ``payload`` is journaled
+    (``<kind>_checked``) so that replay decides the same; ``hold`` is the checker's own state
+    for ``settle`` (a budget reservation)."""
+
+    effect: str
+    reason: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    retry_at: float | None = None
+    waiting_for: str = "budget"
+    hold: Any = None
+
+
+class Gatekeeper(Protocol):
+    """Checks before effects: policy and budgets, from the governance layer."""
+
+    async def check(self, call: CallCheck) -> Verdict: ...
+
+    async def settle(self, call: CallCheck, verdict: Verdict, result: Any) -> None:
+        """The call ended (``result`` is what it returned, or None if it failed)."""
+        ...
+
+
 def call_kinds() -> dict[str, str]:
     """Event type -> replay kind, for every durable call kind."""
     return {
         f"{kind}_{suffix}": kind
         for kind in CALL_KINDS
-        for suffix in ("attempt", "parked", "completed", "failed")
+        for suffix in ("checked", "attempt", "parked", "completed", "failed")
     }

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import ValidationError
 
@@ -37,11 +37,21 @@ from kernos.errors import (
     InvalidInput,
     InvalidState,
     LeaseLost,
+    LLMCallFailed,
     NotSerializable,
     StepFailed,
+    ToolCallFailed,
     UsageError,
 )
-from kernos.kernel._calls import CallRecord, CallService, DurableCall, Park
+from kernos.kernel._calls import (
+    CallCheck,
+    CallRecord,
+    CallService,
+    DurableCall,
+    Gatekeeper,
+    Park,
+    Verdict,
+)
 from kernos.kernel._codec import encode, parse_json, roundtrip
 from kernos.kernel._faults import Faults
 from kernos.kernel._memory import Embedder, Notifier, hit_of, hit_payload, new_memory
@@ -167,10 +177,12 @@ class Execution:
         services: Mapping[str, CallService] | None = None,
         embedder: Embedder | None = None,
         notifier: Notifier | None = None,
+        gatekeeper: Gatekeeper | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.notifier = notifier
+        self.gatekeeper = gatekeeper
         self.services: Mapping[str, CallService] = services or {}
         self.registry = registry
         self.claim = claim
@@ -492,8 +504,11 @@ class Execution:
         """A durable call of ``kind`` at the next position, served by ``service``."""
         pos, recorded = self._next(kind, name)
         record = CallRecord.of(kind, recorded)
+        gate: tuple[CallCheck, Verdict] | None = None
         if record.completed is None and record.failed is None:
             self._boundary(pos)
+            if self.gatekeeper is not None:
+                args, gate = await self._gate(kind, name, pos, recorded, args, kwargs)
 
         async def write(
             type_: str, payload: dict[str, Any], duration: float | None, n: int
@@ -507,13 +522,17 @@ class Execution:
         call = DurableCall(kind, name, pos, self.run_id, record, write, self._scratch)
         self._inflight += 1  # until its outcome is committed (see _suspension)
         token = _current_key.set(call.idempotency_key)
+        result: Any = None
         try:
-            return await service(call, *args, **kwargs)
+            result = await service(call, *args, **kwargs)
+            return result
         except Park as p:
             parked = p
         finally:
             _current_key.reset(token)
             self._inflight -= 1
+            if gate is not None and self.gatekeeper is not None:
+                await self.gatekeeper.settle(gate[0], gate[1], result)
         event = self._event(
             f"{kind}_parked",
             step=pos,
@@ -521,6 +540,98 @@ class Execution:
             payload={**parked.payload, "retry_at": parked.retry_at},
         )
         raise self._suspension(parked.waiting_for, [event], Timer(pos, parked.retry_at), None)
+
+    async def _gate(
+        self,
+        kind: str,
+        name: str,
+        pos: int,
+        recorded: list[Event],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[tuple[Any, ...], tuple[CallCheck, Verdict] | None]:
+        """Checks before effects (guarantee 6): policy and budgets decide before the call is
+        made; the decision is journaled first at the call's position, so replay decides the
+        same. A denial fails the call (the model is told); an approval is asked at the same
+        position; a spent budget parks the run until it may spend again."""
+        assert self.gatekeeper is not None
+        check = CallCheck(
+            kind=kind,
+            name=name,
+            run_id=self.run_id,
+            agent=self.run.agent,
+            tenant=self.run.tenant,
+            arguments=args[0] if kind == "tool" and args else {},
+            messages=args[1] if kind == "llm" and len(args) > 1 else (),
+            params=kwargs if kind == "llm" else {},
+        )
+        checked = next((ev for ev in recorded if ev.type == f"{kind}_checked"), None)
+        verdict: Verdict | None = None
+        if checked is None:
+            verdict = await self.gatekeeper.check(check)
+            if verdict.effect == "wait":
+                when = verdict.retry_at or time.time() + 60
+                await self._quiesce()
+                raise self._suspension(verdict.waiting_for, [], Timer(pos, when), None)
+            payload = {"effect": verdict.effect, "reason": verdict.reason, **verdict.payload}
+            self._buffer(f"{kind}_checked", step=pos, name=name, payload=payload)
+        else:
+            payload = checked.payload
+        effect = payload.get("effect", "allow")
+        if effect == "deny":
+            await self._refuse(kind, name, pos, str(payload.get("reason", "")), payload)
+        if effect == "require_approval":
+            what = f"{name}({', '.join(f'{k}={v!r}' for k, v in check.arguments.items())})"
+            decision = await self._approval_at(
+                pos,
+                f"{kind}:{name}",
+                f"Policy requires a person to approve {kind} call {what}: "
+                f"{payload.get('reason', '')}",
+                {"tool": name, "arguments": dict(check.arguments)}
+                if kind == "tool"
+                else {"route": name, "rule": payload.get("rule")},
+                None,
+                {"approved": False},
+                recorded,
+            )
+            if not decision.get("approved"):
+                who = decision.get("by") or "a person"
+                why = decision.get("reason") or "no reason given"
+                await self._refuse(
+                    kind, name, pos, f"{who} rejected this call: {why}", {"rejected": True}
+                )
+            answer = decision.get("answer")
+            if kind == "tool" and isinstance(answer, Mapping):
+                args = (dict(answer), *args[1:])
+        return args, ((check, verdict) if verdict is not None else None)
+
+    async def _refuse(
+        self, kind: str, name: str, pos: int, reason: str, payload: Mapping[str, Any]
+    ) -> NoReturn:
+        """Journal the refused call as failed (replay raises the same) and raise."""
+        rule = payload.get("rule")
+        if kind == "tool":
+            failed = {"kind": "denied", "for_model": f"denied: {reason}", "rule": rule}
+            error: Exception = ToolCallFailed(name, "denied", f"denied: {reason}", attempts=0)
+        else:
+            message = f"policy denied the call: {reason}"
+            failed = {
+                "type": "LLMCallFailed",
+                "route": name,
+                "error_class": "policy_denied",
+                "message": message,
+                "attempts": 0,
+                "rule": rule,
+            }
+            error = LLMCallFailed(name, "policy_denied", message, attempts=0)
+        await self._write(self._event(f"{kind}_failed", step=pos, name=name, payload=failed))
+        raise error
+
+    async def _quiesce(self) -> None:
+        """Wait for sibling calls in flight (``asyncio.gather``) to commit, so that this one
+        may suspend the run (a suspension cuts off what is still running)."""
+        while self._inflight:  # noqa: ASYNC110 - rare and short; _inflight moves in many places
+            await asyncio.sleep(0.005)
 
     async def _attempt_failed(
         self, name: str, pos: int, attempt: int, started: float, exc: Exception, policy: Any
@@ -647,6 +758,22 @@ class Execution:
             if ev.type == "approval_decided":
                 return ev.payload
         self._boundary(pos)
+        return await self._approval_at(pos, kind, question, details, timeout, on_timeout, recorded)
+
+    async def _approval_at(
+        self,
+        pos: int,
+        kind: str,
+        question: str,
+        details: dict[str, Any],
+        timeout: float | None,
+        on_timeout: dict[str, Any],
+        recorded: list[Event],
+    ) -> dict[str, Any]:
+        """The approval at ``pos`` (asked now if it was not yet), decided or waited for."""
+        for ev in recorded:
+            if ev.type == "approval_decided":
+                return ev.payload
         approval_id = f"{self.run_id}:{pos}"
         requested = next((ev for ev in recorded if ev.type == "approval_requested"), None)
         if requested is None:
@@ -693,6 +820,7 @@ class Execution:
         if approval.state == ApprovalState.PENDING:
             if expires_at is None or time.time() < expires_at:
                 timer = Timer(pos, expires_at) if expires_at is not None else None
+                await self._quiesce()
                 raise self._suspension(
                     f"approval:{approval_id}", [], timer, ApprovalWait(approval_id)
                 )

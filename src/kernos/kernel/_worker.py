@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernos.errors import InfrastructureError, KernosError
-from kernos.kernel._calls import CallService
+from kernos.kernel._calls import CallService, Gatekeeper
 from kernos.kernel._cron import next_fire
 from kernos.kernel._execution import Execution, WorkerSignals
 from kernos.kernel._faults import Faults
@@ -74,6 +74,7 @@ class Worker:
         services: Mapping[str, CallService] | None = None,
         embedder: Embedder | None = None,
         notifier: Notifier | None = None,
+        gatekeeper: Gatekeeper | None = None,
     ):
         """``services`` serve the durable calls of higher layers: ``{"llm": ...}`` for
         ``ctx.llm`` (``kernos.default_services()`` builds them from kernos.toml). The worker
@@ -83,6 +84,8 @@ class Worker:
         self.embedder = embedder
         #: told when a run starts waiting for a person (closed with the worker, if it can be)
         self.notifier = notifier
+        #: checks before effects: policy and budgets before each tool and LLM call
+        self.gatekeeper = gatekeeper
         self.services: dict[str, CallService] = dict(services or {})
         self.registry = registry
         self.config = config or WorkerConfig()
@@ -190,6 +193,7 @@ class Worker:
             self.services,
             self.embedder,
             self.notifier,
+            self.gatekeeper,
         )
         task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
         self._active[claim.run.id] = (task, execution)
