@@ -1,7 +1,7 @@
 """kernos benchmarks (issue #4, section 8; issue #5, section 6): ``make bench`` runs this and
 prints one table.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only a,b,c,d,e,f,g,h,i,j,k]
+    .venv/bin/python benchmarks/run.py [--quick] [--only a,b,c,d,e,f,g,h,i,j,k,l,m]
                                        [--backends sqlite,postgresql]
 
 (a) per-step overhead of ``ctx.step`` against the single-commit floor measured in the same run;
@@ -121,7 +121,9 @@ def main() -> int:
     ap.add_argument(
         "--quick", action="store_true", help="fewer steps, runs, kills, repeats, LLM calls"
     )
-    ap.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j,k", help="which measurements, e.g. a,b")
+    ap.add_argument(
+        "--only", default="a,b,c,d,e,f,g,h,i,j,k,l,m", help="which measurements, e.g. a,b"
+    )
     ap.add_argument("--backends", default=",".join(BACKENDS), help="sqlite,postgresql")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -135,6 +137,8 @@ def main() -> int:
         )
 
     import agents
+    import api
+    import governance
     import memory
     import recovery
     import steps
@@ -147,6 +151,7 @@ def main() -> int:
         ("d", lambda b: recovery.bench_d(b, kills=5 if q else 20, ttl=2.0)),
         ("i", lambda b: agents.bench_i(b, rounds=10 if q else 30, warmup=3 if q else 5)),
         ("j", lambda b: agents.bench_j(b, conversations=200 if q else 1000)),
+        ("m", lambda b: api.bench_api(b, quick=q)),
     ]
     rows: list[Row] = []
     failed = False
@@ -173,6 +178,13 @@ def main() -> int:
         rows_fgh, goodput_lines, fgh_failed = _gateway_benches(only, q, notes)
         rows.extend(rows_fgh)
         failed = failed or fgh_failed
+    if "l" in only:
+        print("running (l) policy checks ...", file=sys.stderr, flush=True)
+        try:
+            rows.extend(governance.bench_policy(quick=q))
+        except Exception:
+            failed = True
+            notes.append(f"(l) failed:\n{traceback.format_exc()}")
     agent_lines: list[str] = []
     if "k" in only:
         start = time.perf_counter()

@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from kernos.errors import KernosError, UsageError
 from kernos.gateway import GROUPS, cost_report, default_services
-from kernos.governance import notifier_from_config
+from kernos.governance import governor_from_config, notifier_from_config
 from kernos.kernel import (
     REGISTRY,
     CallService,
@@ -51,6 +51,7 @@ from ._common import (
     out,
 )
 from ._oversight import approvals_app, audit_app, keys_app
+from ._policy import policy_app
 from ._render import (
     costs_table,
     dumps,
@@ -65,6 +66,7 @@ from ._render import (
     steps_of,
     trace_tree,
 )
+from ._serve import serve
 from ._sim import sim_app
 
 app = typer.Typer(
@@ -82,6 +84,8 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(policy_app, name="policy")
+app.command()(serve)
 
 
 def _parse(text: str, what: str) -> Any:
@@ -377,7 +381,15 @@ async def _run_worker(
     notifier: Notifier | None,
 ) -> None:
     client = await connect(url, settings=settings, registry=REGISTRY)
-    w = Worker(client.store, REGISTRY, config, services=services, notifier=notifier)
+    gatekeeper = governor_from_config(client.store)  # [policy], [[budgets]] of kernos.toml
+    w = Worker(
+        client.store,
+        REGISTRY,
+        config,
+        services=services,
+        notifier=notifier,
+        gatekeeper=gatekeeper,
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop)

@@ -4,6 +4,32 @@ See DESIGN.md, "Oversight and governance". Checks come before effects (guarantee
 kernel asks this layer before each tool and LLM call, and each decision is journaled.
 """
 
+from kernos.governance._governor import Budget, Governor, governor_from_config, load_budgets
+from kernos.governance._policy import (
+    EFFECTS,
+    Decision,
+    Effect,
+    Policy,
+    Rule,
+    Subject,
+    load_policy,
+)
+from kernos.governance._redact import (
+    ALWAYS_ON_PATTERNS,
+    OPTIONAL_PATTERNS,
+    RedactionConfig,
+    Redactor,
+    TenantRedaction,
+    redactor_from_config,
+)
+from kernos.governance._replay import (
+    RecordedCall,
+    ReplayedCall,
+    ReplayReport,
+    RuleTally,
+    recorded_calls,
+    replay_policy,
+)
 from kernos.governance._webhooks import (
     TargetRefused,
     WebhookNotifier,
@@ -13,9 +39,32 @@ from kernos.governance._webhooks import (
 )
 
 __all__ = [
+    "ALWAYS_ON_PATTERNS",
+    "EFFECTS",
+    "OPTIONAL_PATTERNS",
+    "Budget",
+    "Decision",
+    "Effect",
+    "Governor",
+    "Policy",
+    "RecordedCall",
+    "RedactionConfig",
+    "Redactor",
+    "ReplayReport",
+    "ReplayedCall",
+    "Rule",
+    "RuleTally",
+    "Subject",
     "TargetRefused",
+    "TenantRedaction",
     "WebhookNotifier",
+    "governor_from_config",
+    "load_budgets",
+    "load_policy",
     "notifier_from_config",
+    "recorded_calls",
+    "redactor_from_config",
+    "replay_policy",
     "sign",
     "verify",
 ]

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import jsonschema
 from pydantic import ValidationError
 
 from kernos.errors import AgentNotFound, InvalidInput
@@ -18,6 +19,7 @@ from kernos.kernel._cron import next_fire, validate_cron
 from kernos.kernel._registry import REGISTRY, Registry
 from kernos.kernel._settings import Settings, load_settings
 from kernos.store import (
+    Approval,
     Event,
     Message,
     NewRun,
@@ -164,6 +166,31 @@ class Client:
     async def cancel(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
         return await self.store.cancel(run_id, reason=reason, by=by or _person())
 
+    async def decide(
+        self,
+        approval_id: str,
+        *,
+        approve: bool,
+        by: str | None = None,
+        reason: str | None = None,
+        answer: Any = None,
+        tenant: str | None = None,
+    ) -> Approval:
+        """Approve or reject what a run waits for, exactly once (a second decision raises
+        ``InvalidState`` naming who decided). An approval's answer is checked first against
+        what the run asked for (its schema, or a tool's arguments object), so a run never
+        receives an answer it cannot use. ``tenant`` confines it to that tenant's approvals."""
+        if approve and answer is not None:
+            check_answer(await self.store.get_approval(approval_id, tenant=tenant), answer)
+        return await self.store.decide_approval(
+            approval_id,
+            approve=approve,
+            by=by or _person(),
+            reason=reason,
+            answer=answer,
+            tenant=tenant,
+        )
+
     async def add_schedule(
         self,
         name: str,
@@ -188,6 +215,26 @@ class Client:
 
     async def remove_schedule(self, name: str) -> None:
         await self.store.remove_schedule(name)
+
+
+def check_answer(approval: Approval, answer: Any) -> None:
+    """``InvalidInput`` unless ``answer`` fits what the run asked for."""
+    if approval.kind.startswith("tool:") and not isinstance(answer, dict):
+        raise InvalidInput("edited tool arguments must be a JSON object")
+    schema = approval.details.get("schema")
+    if not isinstance(schema, dict):
+        return
+    try:
+        jsonschema.validate(answer, schema)
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "the answer"
+        raise InvalidInput(
+            f"the answer does not fit what the run asked for: {where}: {exc.message}"
+        ) from None
+    except jsonschema.SchemaError as exc:
+        raise InvalidInput(
+            f"the run asked with a schema that is not valid: {exc.message}"
+        ) from None
 
 
 def _person() -> str:

@@ -1,0 +1,95 @@
+"""``kernos serve``: the HTTP API on uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.markup import escape
+
+from kernos.api import create_app
+from kernos.errors import InfrastructureError, KernosError, UsageError
+from kernos.kernel import REGISTRY, connect, load_app, load_settings
+
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+#: seconds open event streams get to finish when the server stops, before they are cut
+GRACEFUL_SHUTDOWN = 5
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="Server processes (each with its own connections).", min=1)
+    ] = 1,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database", envvar="KERNOS_DATABASE_URL", help="Database URL.", show_default=False
+        ),
+    ] = None,
+    app_module: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            envvar="KERNOS_APP",
+            help="Module defining the agents, to validate run inputs up front (optional).",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Serve the HTTP API: runs, events (SSE), approvals, costs, audit; /openapi.json.
+
+    Every /v1 route needs an API key (kernos keys create). The database is migrated once before
+    the server starts; with --workers N, N processes share the port.
+    """
+    try:
+        settings = load_settings()
+        url = database or settings.database_url
+        registry = load_app(app_module) if app_module else REGISTRY
+        asyncio.run(_prepare(url))
+    except KernosError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(_exit_code(exc)) from None
+    if workers == 1:
+        uvicorn.run(
+            create_app(url, settings=settings, registry=registry),
+            host=host,
+            port=port,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        )
+        return
+    # Each process builds its app from the environment (uvicorn wants an import string).
+    os.environ["KERNOS_DATABASE_URL"] = url
+    if app_module:
+        os.environ["KERNOS_APP"] = app_module
+    uvicorn.run(
+        "kernos.api:create_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    )
+
+
+def _exit_code(exc: KernosError) -> int:
+    """As every kernos command: 2 for a usage error, 3 when the database is unavailable."""
+    if isinstance(exc, UsageError):
+        return 2
+    return 3 if isinstance(exc, InfrastructureError) else 1
+
+
+async def _prepare(url: str) -> None:
+    """Open and migrate the database once, so that a wrong URL or a database that is down is
+    one clear line here rather than a traceback from each server process."""
+    client = await connect(url)
+    await client.close()
