@@ -18,7 +18,7 @@ from kernos.governance._policy import load_policy
 from kernos.kernel import Client, Registry
 from kernos.sim import Reply, SimServer
 from kernos.sim import ToolCall as Call
-from kernos.store import RunState
+from kernos.store import BudgetCharge, RunState
 from kernos.testing import FAST, running_worker, wait_until
 
 INJECTION = (
@@ -184,3 +184,52 @@ async def test_a_budget_stops_spend_mid_conversation(
 async def _waiting_for(client: Client, run_id: str, what: str) -> bool:
     run = await client.get(run_id)
     return run.state == RunState.WAITING and run.waiting_for == what
+
+
+async def test_kernos_budgets_shows_spend_against_limits(
+    client: Client, db_url: str, tmp_path: Path
+) -> None:
+    import asyncio
+    import json
+    import os
+    import subprocess
+    import sys
+
+    toml = tmp_path / "kernos.toml"
+    toml.write_text(
+        '[[budgets]]\nname = "acme-daily"\nper = "tenant"\nmatch = "acme"\nperiod = "day"\n'
+        "usd = 5.0\n"
+    )
+    budget = Budget(name="acme-daily", per="tenant", match="acme", period="day", usd=5.0)
+    start = budget.period_start(__import__("time").time())
+    reserved = [
+        BudgetCharge(
+            budget="acme-daily",
+            key="acme",
+            period_start=start,
+            limit_usd=5.0,
+            limit_tokens=None,
+            usd=0.5,
+            tokens=1000,
+        )
+    ]
+    assert (await client.store.reserve_budget(reserved)).ok
+    await client.store.settle_budget(reserved, usd=1.25, tokens=800)
+    env = {**os.environ, "KERNOS_CONFIG": str(toml)}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "kernos", "budgets", "--json", "--database", db_url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)
+    assert (row["budget"], row["key"], row["spent_usd"], row["left_usd"]) == (
+        "acme-daily",
+        "acme",
+        1.25,
+        3.75,
+    )

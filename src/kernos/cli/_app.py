@@ -50,7 +50,7 @@ from ._common import (
     err,
     out,
 )
-from ._oversight import approvals_app, audit_app, keys_app
+from ._oversight import approvals_app, audit_app, budgets, keys_app
 from ._policy import policy_app
 from ._render import (
     costs_table,
@@ -86,6 +86,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.command()(serve)
+app.command()(budgets)
 
 
 def _parse(text: str, what: str) -> Any:
