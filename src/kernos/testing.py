@@ -23,6 +23,7 @@ from kernos.kernel import (
     Gatekeeper,
     Notifier,
     Registry,
+    Scrubber,
     Worker,
     WorkerConfig,
 )
@@ -43,6 +44,7 @@ async def running_worker(
     embedder: Embedder | None = None,
     notifier: Notifier | None = None,
     gatekeeper: Gatekeeper | None = None,
+    redactor: Scrubber | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker in this event loop for the block; it drains and stops on exit.
 
@@ -60,6 +62,7 @@ async def running_worker(
         embedder=embedder,
         notifier=notifier,
         gatekeeper=gatekeeper,
+        redactor=redactor,
     )
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.started.wait(), 10)

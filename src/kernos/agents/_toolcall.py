@@ -111,7 +111,7 @@ async def serve_tool(
             raise ToolCallFailed(
                 tool.name, kind, for_model, error_type=payload["error"]["type"], attempts=attempt
             ) from exc
-        result = to_jsonable_python(value, fallback=repr)
+        result = call.scrub(to_jsonable_python(value, fallback=repr))
         await call.complete(
             {"arguments": arguments, "result": result},
             duration=time.monotonic() - started,

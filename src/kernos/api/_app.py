@@ -13,7 +13,16 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kernos.errors import KernosError
-from kernos.kernel import REGISTRY, Registry, Settings, connect, load_app, load_settings
+from kernos.governance import redactor_from_config
+from kernos.kernel import (
+    REGISTRY,
+    Registry,
+    Scrubber,
+    Settings,
+    connect,
+    load_app,
+    load_settings,
+)
 
 from . import _costs, _health, _oversight, _runs
 from ._auth import Authentication, KeyCache
@@ -45,6 +54,7 @@ def create_app(
     registry: Registry | None = None,
     settings: Settings | None = None,
     config: ApiConfig | None = None,
+    redactor: Scrubber | None = None,
 ) -> FastAPI:
     """The HTTP API over the database at ``store_url`` (default: ``KERNOS_DATABASE_URL``).
 
@@ -63,10 +73,11 @@ def create_app(
         registry = load_app(settings.app) if settings.app else REGISTRY
     state = ApiState(config)
     agents = registry
+    scrubber = redactor if redactor is not None else redactor_from_config()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = await connect(url, settings=settings, registry=agents)
+        client = await connect(url, settings=settings, registry=agents, redactor=scrubber)
         store = client.store
         state.services = Services(
             client=client,

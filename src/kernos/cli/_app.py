@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from kernos.errors import KernosError, UsageError
 from kernos.gateway import GROUPS, cost_report, default_services
-from kernos.governance import governor_from_config, notifier_from_config
+from kernos.governance import governor_from_config, notifier_from_config, redactor_from_config
 from kernos.kernel import (
     REGISTRY,
     CallService,
@@ -382,7 +382,8 @@ async def _run_worker(
     notifier: Notifier | None,
 ) -> None:
     client = await connect(url, settings=settings, registry=REGISTRY)
-    gatekeeper = governor_from_config(client.store)  # [policy], [[budgets]] of kernos.toml
+    redactor = redactor_from_config()  # [redaction]: secrets always, PII per tenant
+    gatekeeper = governor_from_config(client.store, redactor=redactor)  # [policy], [[budgets]]
     w = Worker(
         client.store,
         REGISTRY,
@@ -390,6 +391,7 @@ async def _run_worker(
         services=services,
         notifier=notifier,
         gatekeeper=gatekeeper,
+        redactor=redactor,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

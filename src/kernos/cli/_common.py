@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kernos.errors import ConfigError, InfrastructureError, KernosError, UsageError
+from kernos.governance import redactor_from_config
 from kernos.kernel import REGISTRY, Client, connect, load_app, load_settings
 
 from ._render import output_width
@@ -84,7 +85,7 @@ async def _client(
     url = database or settings.database_url
     if not create:
         _require_existing(url)
-    return await connect(url, settings=settings, registry=REGISTRY)
+    return await connect(url, settings=settings, registry=REGISTRY, redactor=redactor_from_config())
 
 
 def _require_existing(url: str) -> None:

@@ -88,12 +88,12 @@ class LLMService:
                     "model": last.model if last else None,
                 },
             )
-        await call.complete(
-            {"response": response.model_dump(mode="json")},
-            duration=response.latency,
-            n=response.attempts,
-        )
-        return response
+        raw = response.model_dump(mode="json")
+        dumped = call.scrub(raw)
+        await call.complete({"response": dumped}, duration=response.latency, n=response.attempts)
+        if dumped is raw:
+            return response
+        return LLMResponse.model_validate(dumped)  # what replay will return: redacted
 
 
 def default_services(

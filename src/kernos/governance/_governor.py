@@ -39,6 +39,7 @@ from kernos.gateway import (
     read_config_file,
 )
 from kernos.governance._policy import Policy, Subject, load_policy
+from kernos.governance._redact import Redactor
 from kernos.kernel import CallCheck, Verdict
 from kernos.store import BudgetCharge, Store
 
@@ -109,8 +110,11 @@ class Governor:
         policy: Policy | None = None,
         budgets: Sequence[Budget] = (),
         gateway: GatewayConfig | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.store = store
+        #: the audit log gets the call's arguments redacted like the journal's
+        self.redactor = redactor or Redactor()
         self.policy = policy
         self.budgets = list(budgets)
         self.gateway = gateway or GatewayConfig()
@@ -127,13 +131,15 @@ class Governor:
                     action=f"policy.{decision.effect}",
                     tenant=call.tenant,
                     target=call.run_id,
-                    details={
-                        "kind": call.kind,
-                        "name": call.name,
-                        "arguments": dict(call.arguments),
-                        "reason": decision.reason,
-                        "agent": call.agent,
-                    },
+                    details=self.redactor.for_tenant(call.tenant).json(
+                        {
+                            "kind": call.kind,
+                            "name": call.name,
+                            "arguments": dict(call.arguments),
+                            "reason": decision.reason,
+                            "agent": call.agent,
+                        }
+                    ),
                 )
                 return Verdict(decision.effect, decision.reason, payload=payload)
         if call.kind != "llm":
@@ -257,7 +263,11 @@ def load_budgets(
 
 
 def governor_from_config(
-    store: Store, path: str | Path | None = None, *, env: Mapping[str, str] = os.environ
+    store: Store,
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] = os.environ,
+    redactor: Redactor | None = None,
 ) -> Governor | None:
     """The worker's checks from kernos.toml (``[policy]``, ``[[budgets]]``), or None if it
     configures neither (then calls are made unchecked, at no cost)."""
@@ -268,4 +278,10 @@ def governor_from_config(
     budgets = load_budgets(path, env=env)
     if policy is None and not budgets:
         return None
-    return Governor(store, policy=policy, budgets=budgets, gateway=load_config(path, env=env))
+    return Governor(
+        store,
+        policy=policy,
+        budgets=budgets,
+        gateway=load_config(path, env=env),
+        redactor=redactor,
+    )

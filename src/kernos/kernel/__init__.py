@@ -14,7 +14,7 @@ from kernos.kernel._codec import parse_json
 from kernos.kernel._context import ChildHandle, HumanDecision, RunContext
 from kernos.kernel._execution import idempotency_key
 from kernos.kernel._faults import Faults
-from kernos.kernel._memory import Embedder, Notifier, RunMemory
+from kernos.kernel._memory import Embedder, Notifier, RunMemory, Scrubber
 from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_app
 from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._retry import DEFAULT_RETRY, RetryPolicy, retry
@@ -42,6 +42,7 @@ __all__ = [
     "RetryPolicy",
     "RunContext",
     "RunMemory",
+    "Scrubber",
     "Settings",
     "Verdict",
     "Worker",

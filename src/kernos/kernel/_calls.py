@@ -102,6 +102,9 @@ class DurableCall:
     #: breaker's counts); rebuilt from scratch on each replay, so it must be derived only from
     #: what the calls return, which replay reproduces
     scratch: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: redacts a JSON value as the journal will store it: a service returns what it journals,
+    #: so live code sees what replay will see
+    scrub: Callable[[Any], Any] = field(default=lambda value: value, repr=False)
 
     @property
     def idempotency_key(self) -> str:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from kernos.errors import AgentNotFound, InvalidInput
 from kernos.kernel._codec import encode
 from kernos.kernel._cron import next_fire, validate_cron
+from kernos.kernel._memory import Scrubber
 from kernos.kernel._registry import REGISTRY, Registry
 from kernos.kernel._settings import Settings, load_settings
 from kernos.store import (
@@ -39,9 +40,28 @@ class Client:
     it does not know are looked up among those workers have registered in the database.
     """
 
-    def __init__(self, store: Store, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry | None = None,
+        *,
+        redactor: Scrubber | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry if registry is not None else REGISTRY
+        #: inputs, messages, answers and reasons are redacted (per tenant) before they are
+        #: stored
+        self.redactor = redactor
+
+    def _scrub(self, value: Any, tenant: str | None = None) -> Any:
+        if self.redactor is None:
+            return value
+        return self.redactor.for_tenant(tenant).json(value)
+
+    def _scrub_text(self, text: str | None, tenant: str | None = None) -> str | None:
+        if self.redactor is None or text is None:
+            return text
+        return self.redactor.for_tenant(tenant).text(text)
 
     async def close(self) -> None:
         await self.store.close()
@@ -105,6 +125,8 @@ class Client:
         tenant = check_tenant(tenant)
         resolved = await self._version_of(agent, version)
         text = self._encode_input(agent, resolved, input)
+        if self.redactor is not None:
+            text = self.redactor.for_tenant(tenant).json_text(text)
         if delay is not None and delay < 0:
             raise InvalidInput(f"delay must be >= 0 seconds, not {delay}")
         run_at = time.time() + delay if delay else None
@@ -154,17 +176,20 @@ class Client:
     async def send(
         self, run_id: str, topic: str, payload: Any, *, sender: str | None = None
     ) -> Message:
+        if self.redactor is not None:
+            run = await self.store.get_run(run_id)
+            payload = self._scrub(payload, run.tenant)
         text = encode(payload, "the message")
         return await self.store.send_message(run_id, topic, text, sender=sender or _person())
 
     async def pause(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
-        return await self.store.pause(run_id, reason=reason, by=by or _person())
+        return await self.store.pause(run_id, reason=self._scrub_text(reason), by=by or _person())
 
     async def resume(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
-        return await self.store.resume(run_id, reason=reason, by=by or _person())
+        return await self.store.resume(run_id, reason=self._scrub_text(reason), by=by or _person())
 
     async def cancel(self, run_id: str, *, reason: str | None = None, by: str | None = None) -> Run:
-        return await self.store.cancel(run_id, reason=reason, by=by or _person())
+        return await self.store.cancel(run_id, reason=self._scrub_text(reason), by=by or _person())
 
     async def decide(
         self,
@@ -186,8 +211,8 @@ class Client:
             approval_id,
             approve=approve,
             by=by or _person(),
-            reason=reason,
-            answer=answer,
+            reason=self._scrub_text(reason, tenant),
+            answer=self._scrub(answer, tenant),
             tenant=tenant,
         )
 
@@ -265,6 +290,7 @@ async def connect(
     settings: Settings | None = None,
     registry: Registry | None = None,
     migrate: bool = True,
+    redactor: Scrubber | None = None,
 ) -> Client:
     """Open the database (``url``, else ``KERNOS_DATABASE_URL``, else ``.kernos/kernos.db``),
     apply pending migrations, and return a ``Client``."""
@@ -282,7 +308,7 @@ async def connect(
     except BaseException:
         await store.close()
         raise
-    return Client(store, registry)
+    return Client(store, registry, redactor=redactor)
 
 
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")

@@ -10,10 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from kernos.errors import ToolRejected, UsageError
+from kernos.errors import InfrastructureError, ToolRejected, UsageError
 from kernos.kernel._calls import DurableTool
-from kernos.kernel._execution import Execution
+from kernos.kernel._execution import Execution, StoreDown
 from kernos.kernel._memory import RunMemory
+from kernos.store import PinStatus, ToolDefinition
 
 
 def _decision(payload: Mapping[str, Any], model: type[BaseModel] | None) -> HumanDecision:
@@ -276,3 +277,27 @@ class RunContext:
         """Start a child run of ``agent``; linked to this run, with its own journal."""
         child_id = await self._x.spawn(agent, input, version)
         return ChildHandle(self._x, child_id, agent)
+
+    async def pin_tools(
+        self, server: str, definitions: Sequence[ToolDefinition]
+    ) -> dict[str, PinStatus]:
+        """Check what MCP server ``server`` lists now against its pins: each tool's status.
+
+        A tool seen for the first time is pinned (``"new"``); one whose definition (name,
+        description, input schema) differs from the pinned one is ``"changed"`` and must not
+        be offered to a model until an admin accepts it (``kernos tools accept``). The first
+        pin and the first sighting of a change are audited, attributed to this run.
+
+        Not a journaled step, like the tool listing it checks: it is asked again at every
+        replay, so a change accepted (or seen) while the run waited takes effect when it
+        resumes; code that offers tools by it must keep replay deterministic itself (the
+        ``Agent`` does: a withheld tool stays callable by name, and a call it made while it was
+        trusted replays from the journal). A store failure is the store's (the run is replayed
+        once it answers), not the agent's.
+        """
+        try:
+            return await self._x.store.observe_tools(
+                server, definitions, actor=f"run:{self._x.run_id}"
+            )
+        except InfrastructureError as exc:
+            raise StoreDown(exc) from exc

@@ -54,7 +54,14 @@ from kernos.kernel._calls import (
 )
 from kernos.kernel._codec import encode, parse_json, roundtrip
 from kernos.kernel._faults import Faults
-from kernos.kernel._memory import Embedder, Notifier, hit_of, hit_payload, new_memory
+from kernos.kernel._memory import (
+    Embedder,
+    Notifier,
+    Scrubber,
+    hit_of,
+    hit_payload,
+    new_memory,
+)
 from kernos.kernel._registry import AgentSpec, Registry
 from kernos.kernel._replay import CANCEL_DELIVERED, History
 from kernos.kernel._retry import policy_of
@@ -138,6 +145,24 @@ class Yield(BaseException):
         self.event_type = event_type
 
 
+#: events the kernel writes for itself (lease tokens, timers, ids): never redacted
+BOOKKEEPING = frozenset(
+    {
+        "run_claimed",
+        "run_released",
+        "run_paused",
+        "run_resumed",
+        "timer_started",
+        "timer_fired",
+        "value",
+        "child_spawned",
+        "cancel_delivered",
+        "mailbox_empty",
+        "message_wait",
+        "message_timeout",
+    }
+)
+
 #: error text kept in the journal; a longer message or traceback is cut, keeping both ends
 ERROR_TEXT_MAX = 16 * 1024
 
@@ -178,8 +203,13 @@ class Execution:
         embedder: Embedder | None = None,
         notifier: Notifier | None = None,
         gatekeeper: Gatekeeper | None = None,
+        redactor: Scrubber | None = None,
     ) -> None:
         self.store = store
+        #: what the run writes is redacted with its tenant's rules before it is stored
+        self.scrub: Scrubber | None = (
+            redactor.for_tenant(claim.run.tenant) if redactor is not None else None
+        )
         self.embedder = embedder
         self.notifier = notifier
         self.gatekeeper = gatekeeper
@@ -330,7 +360,13 @@ class Execution:
             except (NotSerializable, InvalidInput) as exc:
                 return await self._finish(RunState.FAILED, error=exc)
             payload["output"] = json.loads(out_text)
-        events = self._flush([self._event(f"run_{state.value}", payload=payload)])
+        final = self._event(f"run_{state.value}", payload=payload)
+        if self.scrub is not None:  # the run's row holds what its journal holds
+            if "output" in final.payload:
+                out_text = encode(final.payload["output"], f"the output of run {self.run_id}")
+            if "error" in final.payload:
+                err_text = json.dumps(final.payload["error"])
+        events = self._flush([final])
         await self.store.finish(
             self.run_id, self.token, state=state, events=events, output=out_text, error=err_text
         )
@@ -361,6 +397,11 @@ class Execution:
         payload_json: str | None = None,
     ) -> Event:
         self._seq += 1
+        if self.scrub is not None and type_ not in BOOKKEEPING:
+            if payload:
+                payload = self.scrub.json(payload)
+            if payload_json is not None:
+                payload_json = self.scrub.json_text(payload_json)
         return Event(
             seq=self._seq,
             type=type_,
@@ -466,6 +507,10 @@ class Execution:
                 finally:
                     _current_key.reset(token)
                 value, text = roundtrip(result, f"the result of step {name!r} (step {pos})")
+                if self.scrub is not None:  # live code gets what replay will: redacted
+                    clean = self.scrub.json_text(text)
+                    if clean is not text:
+                        text, value = clean, json.loads(clean)
                 event = self._event(
                     "step_completed",
                     step=pos,
@@ -519,7 +564,16 @@ class Execution:
                 )
             )
 
-        call = DurableCall(kind, name, pos, self.run_id, record, write, self._scratch)
+        call = DurableCall(
+            kind,
+            name,
+            pos,
+            self.run_id,
+            record,
+            write,
+            self._scratch,
+            self.scrub.json if self.scrub is not None else _same,
+        )
         self._inflight += 1  # until its outcome is committed (see _suspension)
         token = _current_key.set(call.idempotency_key)
         result: Any = None
@@ -724,6 +778,8 @@ class Execution:
         if recorded:
             return
         self._boundary(pos)
+        if self.scrub is not None:
+            value = self.scrub.json(value)
         text = encode(value, f"the message to run {to} on {topic!r} (step {pos})")
         event = self._event(
             "message_sent", step=pos, name=topic, payload={"to": to, "topic": topic}
@@ -775,6 +831,8 @@ class Execution:
             if ev.type == "approval_decided":
                 return ev.payload
         approval_id = f"{self.run_id}:{pos}"
+        if self.scrub is not None:
+            question, details = self.scrub.text(question), self.scrub.json(details)
         requested = next((ev for ev in recorded if ev.type == "approval_requested"), None)
         if requested is None:
             expires_at = None if timeout is None else time.time() + max(0.0, timeout)
@@ -937,6 +995,8 @@ class Execution:
             return str(recorded[0].payload["id"])
         self._boundary(pos)
         started = time.time()
+        if self.scrub is not None:
+            text, metadata = self.scrub.text(text), self.scrub.json(metadata)
         embedding = (await self._embed([text]))[0] if self.embedder is not None else None
         memory = await self._store_call(
             self.store.put_memory,
@@ -1082,6 +1142,10 @@ class Execution:
             err = payload.get("error") or {}
             raise ChildRunFailed(child_id, payload["state"], err.get("message"))
         return payload.get("output")
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

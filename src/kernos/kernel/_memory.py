@@ -31,6 +31,20 @@ class Embedder(Protocol):
 
 
 @runtime_checkable
+class Scrubber(Protocol):
+    """Redacts secrets (and a tenant's personal data) from what is about to be stored: the
+    governance layer's ``Redactor`` is one. Values come back as they were when clean."""
+
+    def for_tenant(self, tenant: str | None) -> Scrubber: ...
+
+    def json(self, value: Any) -> Any: ...
+
+    def text(self, text: str) -> str: ...
+
+    def json_text(self, text: str) -> str: ...
+
+
+@runtime_checkable
 class Notifier(Protocol):
     """Tells people that a run needs one of them (a webhook, a chat message). Called once per
     approval, right after it is recorded; must not block (deliver in the background)."""

@@ -24,7 +24,7 @@ from kernos.kernel._calls import CallService, Gatekeeper
 from kernos.kernel._cron import next_fire
 from kernos.kernel._execution import Execution, WorkerSignals
 from kernos.kernel._faults import Faults
-from kernos.kernel._memory import Embedder, Notifier
+from kernos.kernel._memory import Embedder, Notifier, Scrubber
 from kernos.kernel._registry import Registry
 from kernos.store import Claim, Store, new_run_id
 
@@ -75,6 +75,7 @@ class Worker:
         embedder: Embedder | None = None,
         notifier: Notifier | None = None,
         gatekeeper: Gatekeeper | None = None,
+        redactor: Scrubber | None = None,
     ):
         """``services`` serve the durable calls of higher layers: ``{"llm": ...}`` for
         ``ctx.llm`` (``kernos.default_services()`` builds them from kernos.toml). The worker
@@ -86,6 +87,8 @@ class Worker:
         self.notifier = notifier
         #: checks before effects: policy and budgets before each tool and LLM call
         self.gatekeeper = gatekeeper
+        #: what runs write is redacted before it is stored (per tenant)
+        self.redactor = redactor
         self.services: dict[str, CallService] = dict(services or {})
         self.registry = registry
         self.config = config or WorkerConfig()
@@ -194,6 +197,7 @@ class Worker:
             self.embedder,
             self.notifier,
             self.gatekeeper,
+            self.redactor,
         )
         task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
         self._active[claim.run.id] = (task, execution)
