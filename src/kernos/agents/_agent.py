@@ -22,13 +22,14 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
 from kernos.agents._keeper import ContextKeeper
 from kernos.agents._loops import LoopGuard
-from kernos.agents._mcp import McpServer
+from kernos.agents._mcp import McpServer, McpToolError
 from kernos.agents._tools import Tool, as_tool
 from kernos.errors import (
     AgentFailed,
@@ -47,6 +48,7 @@ from kernos.kernel import (
     RetryPolicy,
     RunContext,
 )
+from kernos.store import PinStatus, ToolDefinition
 
 log = logging.getLogger("kernos.agents")
 
@@ -242,8 +244,7 @@ class Agent:
         first = _first_messages(input)
         messages = [*self._system(), *first]
         pinned = [m for m in first if m.role == "user"][:1] if self.pin_task else []
-        tools = await self._tools()
-        specs = [t.spec for t in tools.values()]
+        tools, specs = await self._tools(ctx)
         repairs = 0
         refused_turns = 0
         for _turn in range(self.max_turns):
@@ -320,14 +321,26 @@ class Agent:
             return False, None, problems
         return True, value.model_dump(mode="json"), ""
 
-    async def _tools(self) -> dict[str, AnyTool]:
-        """This agent's tools, with those its MCP servers list now (each server's list is
-        cached and refreshed when the server says it changed)."""
+    async def _tools(self, ctx: RunContext) -> tuple[dict[str, AnyTool], list[ToolSpec]]:
+        """This agent's tools by name, with those its MCP servers list now, and the specs the
+        model is offered.
+
+        Each server's list is cached (and refreshed when the server says it changed) and
+        checked against the tool pins (``ctx.pin_tools``): a tool whose definition changed
+        since it was pinned is not offered until an admin accepts the change, and a call of it
+        is answered with an error instead of reaching the server. It stays in the table by
+        name so that replay is deterministic whichever way its pin went while the run waited:
+        a call made while it was trusted returns its recorded result, a withheld one its
+        recorded error.
+        """
         if not self.servers:
-            return self.tools
+            return self.tools, [t.spec for t in self.tools.values()]
         tools = dict(self.tools)
+        withheld: set[str] = set()
         for server in self.servers:
-            for tool in await server.tools():
+            listed = await server.tools()
+            pins = await ctx.pin_tools(server.name, [_definition(t) for t in listed])
+            for tool in listed:
                 if tool.name in tools:
                     log.warning(
                         "agent %s: MCP server %s offers a tool named %r, which the agent "
@@ -337,8 +350,21 @@ class Agent:
                         tool.name,
                     )
                     continue
-                tools[tool.name] = tool
-        return tools
+                if pins.get(tool.name) != PinStatus.CHANGED:
+                    tools[tool.name] = tool
+                    continue
+                log.warning(
+                    "agent %s: tool %r of MCP server %s changed since it was pinned and is not "
+                    "offered to the model until an admin accepts the change: "
+                    "kernos tools diff %s",
+                    self.name,
+                    tool.name,
+                    server.name,
+                    server.name,
+                )
+                tools[tool.name] = _withheld(server.name, tool)
+                withheld.add(tool.name)
+        return tools, [t.spec for name, t in tools.items() if name not in withheld]
 
     async def _call_tools(
         self,
@@ -457,6 +483,26 @@ def _repair_request(problem: str) -> str:
         f"Your final answer is not valid: {problem}. Answer again with only the corrected JSON "
         f"object."
     )
+
+
+def _definition(tool: Tool) -> ToolDefinition:
+    """What a model is told about an MCP tool: what its pin covers."""
+    return ToolDefinition(tool.name, tool.description, tool.parameters)
+
+
+def _withheld(server: str, tool: Tool) -> Tool:
+    """A stand-in for an MCP tool whose definition changed since it was pinned: same name,
+    never offered, and a call of it fails (journaled like any failure, so that the loop
+    breaker stops a model that insists) without reaching the server."""
+    why = (
+        f"{tool.name} is withheld: its definition on MCP server {server!r} changed since it "
+        f"was approved, and an admin must review the change before it can be used"
+    )
+
+    async def refuse(**_: Any) -> NoReturn:
+        raise McpToolError(why)
+
+    return replace(tool, fn=refuse, check=None, idempotent=False)
 
 
 def _resolve(agent: str, tools: Sequence[ToolLike | Agent]) -> dict[str, AnyTool]:

@@ -68,6 +68,7 @@ from ._render import (
 )
 from ._serve import serve
 from ._sim import sim_app
+from ._tools import tools_app
 
 app = typer.Typer(
     name="kernos",
@@ -85,6 +86,7 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
+app.add_typer(tools_app, name="tools")
 app.command()(serve)
 app.command()(budgets)
 

@@ -113,7 +113,7 @@ async def tools_list(
     as_json: JsonOpt = False,
     database: DbOpt = None,
 ) -> None:
-    """Pinned MCP tools; a CHANGED one is withheld from models until its change is accepted."""
+    """List pinned MCP tools; a CHANGED one is withheld from models until accepted."""
     async with await _client(database) as client:
         pins = await client.store.list_tool_pins(server)
     if as_json:
@@ -151,8 +151,11 @@ async def tools_diff(
     tool: Annotated[str | None, typer.Argument(metavar="[TOOL]")] = None,
     database: DbOpt = None,
 ) -> None:
-    """What changed in the pending definitions of a server's tools (or of one tool), as a
-    unified diff of what a model reads: the description and the input schema."""
+    """Show what changed in a server's tools (or one tool) since they were pinned.
+
+    A unified diff of what a model reads, the description and the input schema, from the
+    pinned definition to the pending one, and the command that accepts exactly that change.
+    """
     async with await _client(database) as client:
         pins = _pins_of(await client.store.list_tool_pins(server), server, tool)
     pending = [p for p in pins if p.changed]
@@ -186,8 +189,12 @@ async def tools_accept(
     by: ByOpt = None,
     database: DbOpt = None,
 ) -> None:
-    """Accept the pending definition of a tool: it becomes the pinned one and is offered to
-    models again from the next run start. Audited (tool.accept, with the old and new hash)."""
+    """Accept a tool's changed definition: it is offered to models again.
+
+    The pending definition becomes the pinned one, offered from the next run start (or
+    replay) on; audited as tool.accept with the old and new hash. Exit code 2 when nothing
+    is pending, or when --hash no longer names the pending change.
+    """
     async with await _client(database) as client:
         before = _pins_of(await client.store.list_tool_pins(server), server, tool)[0]
         done = await client.store.accept_tool_change(

@@ -33,11 +33,14 @@ from kernos.store._records import (
     NewApproval,
     NewMemory,
     NewRun,
+    PinStatus,
     Run,
     RunState,
     Schedule,
     SchemaStatus,
     SuspendResult,
+    ToolDefinition,
+    ToolPin,
     WakeCheck,
 )
 
@@ -271,6 +274,22 @@ class Store(Protocol):
         ...
 
     async def count_memories(self, namespace: str, tenant: str | None = None) -> int: ...
+
+    async def observe_tools(
+        self, server: str, definitions: Sequence[ToolDefinition], *, actor: str = "kernos"
+    ) -> dict[str, PinStatus]:
+        """Pin an MCP server's tools on first sight; each tool's status (``CHANGED``: its
+        definition differs from the pinned one and must not be offered to a model). Writes
+        only when something is new or a change is first seen, audited in the same
+        transaction."""
+        ...
+
+    async def list_tool_pins(self, server: str | None = None) -> list[ToolPin]: ...
+    async def accept_tool_change(
+        self, server: str, tool: str, *, by: str, expected_hash: str | None = None
+    ) -> ToolPin:
+        """Make the pending definition of a tool the pinned one; audited (``tool.accept``)."""
+        ...
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new work may exist (PostgreSQL: a NOTIFY), or after ``timeout``."""

@@ -342,3 +342,58 @@ class MemoryHit:
 
     memory: Memory
     score: float
+
+
+class PinStatus(StrEnum):
+    """What a listing of an MCP server's tools found for one tool (``Store.observe_tools``).
+
+    Only ``CHANGED`` keeps a tool from the model: its definition differs from the one that was
+    pinned, and stays withheld until an admin accepts the change (``kernos tools accept``).
+    """
+
+    #: never seen before: pinned as it is now (trust on first use)
+    NEW = "new"
+    #: as pinned
+    PINNED = "pinned"
+    #: differs from the pinned definition: withheld, the new one recorded as pending
+    CHANGED = "changed"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDefinition:
+    """What a model is told about an MCP tool: exactly what its pin's hash covers."""
+
+    name: str
+    description: str
+    #: Any: the server's JSON schema of the tool's arguments, as it listed it
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPin:
+    """The accepted definition of one tool of one MCP server, and a change seen since.
+
+    ``hash``/``definition`` are what models may be offered; ``pending_hash``/
+    ``pending_definition`` the latest different definition the server listed, withheld until
+    an admin accepts it (then it becomes the pinned one) or the server lists the pinned one
+    again (the pending one stays on record until accepted).
+    """
+
+    server: str
+    tool: str
+    hash: str
+    definition: ToolDefinition
+    pending_hash: str | None
+    pending_definition: ToolDefinition | None
+    first_seen_at: float
+    #: when the pinned definition was accepted: first seen, or accepted by an admin
+    accepted_at: float
+    #: who accepted it: the run whose listing first pinned it, or the admin
+    accepted_by: str
+    #: when the server first listed the pending definition (None: nothing pending)
+    pending_seen_at: float | None
+
+    @property
+    def changed(self) -> bool:
+        """A different definition is waiting for an admin."""
+        return self.pending_hash is not None

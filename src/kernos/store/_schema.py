@@ -242,6 +242,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        7,
+        "MCP tool pins: each server's tool definitions as accepted, and changes pending review",
+        (
+            # One row per server (its name) and tool. hash: sha256 of the canonical JSON of
+            # definition (name, description, inputSchema) as accepted; pending_*: the latest
+            # different definition the server listed, withheld from models until an admin
+            # accepts it (kernos tools accept), when it becomes the accepted one.
+            """CREATE TABLE kernos_tool_pins (
+                server TEXT NOT NULL,
+                tool TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                definition TEXT NOT NULL,
+                pending_hash TEXT,
+                pending_definition TEXT,
+                first_seen_at {float} NOT NULL,
+                accepted_at {float} NOT NULL,
+                accepted_by TEXT NOT NULL,
+                pending_seen_at {float},
+                PRIMARY KEY (server, tool)
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -65,6 +65,13 @@ from kernos.store._oversight import (
     settle_budget,
     verify_audit,
 )
+from kernos.store._pins import (
+    accept_change,
+    check_definitions,
+    list_pins,
+    record_listing,
+    statuses_if_recorded,
+)
 from kernos.store._protocol import Heartbeat, Timer
 from kernos.store._records import (
     AgentVersion,
@@ -90,11 +97,14 @@ from kernos.store._records import (
     NewApproval,
     NewMemory,
     NewRun,
+    PinStatus,
     Run,
     RunState,
     Schedule,
     SchemaStatus,
     SuspendResult,
+    ToolDefinition,
+    ToolPin,
     WakeCheck,
 )
 from kernos.store._schema import LATEST_VERSION, MIGRATIONS
@@ -1718,6 +1728,77 @@ class SqlStore:
         """Spend and reservations of every budget, key and period starting at ``since`` or
         later."""
         return await self._call(self._budget_usage, since)
+
+    # -- MCP tool pins ---------------------------------------------------------------------
+
+    def _observe_tools(
+        self, server: str, definitions: Sequence[ToolDefinition], actor: str
+    ) -> dict[str, PinStatus]:
+        hashes = check_definitions(server, definitions)
+        with self._d.read() as tx:
+            known = statuses_if_recorded(list_pins(tx, server), hashes)
+        if known is not None:
+            return known
+        with self._d.write() as tx:
+            return record_listing(
+                tx,
+                server,
+                definitions,
+                hashes,
+                actor=actor,
+                postgres=self._d.name == "postgresql",
+                now=time.time(),
+            )
+
+    async def observe_tools(
+        self, server: str, definitions: Sequence[ToolDefinition], *, actor: str = "kernos"
+    ) -> dict[str, PinStatus]:
+        """Compare what MCP server ``server`` lists now with its pins: each tool's status.
+
+        A tool seen for the first time is pinned (``NEW``, audited ``tool.pin`` by ``actor``);
+        one whose definition differs from its pin is ``CHANGED`` (the new definition recorded
+        as pending, audited ``tool.changed`` the first time it is seen) and must not be offered
+        to a model. Nothing is written when every tool is as recorded, the common case.
+        """
+        return await self._call(self._observe_tools, server, list(definitions), actor)
+
+    def _list_tool_pins(self, server: str | None) -> list[ToolPin]:
+        with self._d.read() as tx:
+            return list_pins(tx, server)
+
+    async def list_tool_pins(self, server: str | None = None) -> list[ToolPin]:
+        """The pins of one MCP server's tools (or of every server), by server and tool."""
+        return await self._call(self._list_tool_pins, server)
+
+    def _accept_tool_change(
+        self, server: str, tool: str, by: str, expected_hash: str | None
+    ) -> ToolPin:
+        with self._d.write() as tx:
+            return accept_change(
+                tx,
+                server,
+                tool,
+                by=by,
+                expected_hash=expected_hash,
+                postgres=self._d.name == "postgresql",
+            )
+
+    async def accept_tool_change(
+        self, server: str, tool: str, *, by: str, expected_hash: str | None = None
+    ) -> ToolPin:
+        """Accept the definition pending for ``tool``: it becomes the pinned one, offered to
+        models again from the next run (or replay) on, audited ``tool.accept`` with the old
+        and new hash. ``InvalidState`` when nothing is pending, or when ``expected_hash`` (a
+        prefix of the hash the admin reviewed) is no longer the pending one; ``InvalidInput``
+        when the tool was never pinned."""
+        if not by or not isinstance(by, str):
+            raise InvalidInput("accepting a tool change needs who accepts it (by=...)")
+        if expected_hash is not None and len(expected_hash) < 8:
+            raise InvalidInput(
+                f"give at least 8 characters of the pending hash you reviewed, not "
+                f"{expected_hash!r} (kernos tools diff shows it)"
+            )
+        return await self._call(self._accept_tool_change, server, tool, by, expected_hash)
 
     async def wait_for_work(self, timeout: float) -> None:
         if self._d.name == "sqlite":
