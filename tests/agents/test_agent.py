@@ -70,6 +70,38 @@ class Orders:
         return [lookup_order, issue_refund]
 
 
+class Held:
+    """A tool that starts, then waits until the test releases it: a window in which the test
+    does something to the run (send it a message, take it over) while a turn is in flight."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+        @kernos.tool
+        async def slow() -> str:
+            """Takes a while."""
+            self.started.set()
+            await self.release.wait()
+            return "done"
+
+        self.tool = slow
+
+    async def running(self) -> None:
+        await asyncio.wait_for(self.started.wait(), 15)
+
+
+async def kernos_cli(db_url: str, *args: str) -> str:
+    """``python -m kernos ARGS --database URL`` as a user runs it; its stdout."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kernos", *args, "--database", db_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 async def test_the_agent_calls_a_tool_and_answers_with_its_result(
     client: Client, registry: Registry, sim: SimServer, agent_worker: AgentWorker
 ) -> None:
@@ -261,25 +293,14 @@ async def test_structured_output_is_validated_and_repaired(
 async def test_a_message_sent_mid_run_is_seen_at_the_next_turn(
     client: Client, registry: Registry, sim: SimServer, agent_worker: AgentWorker
 ) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    @kernos.tool
-    async def wait_a_bit() -> str:
-        """Takes a while."""
-        started.set()
-        await release.wait()
-        return "done"
-
-    Agent("chat", model=OA, tools=[wait_a_bit], registry=registry)
-    sim.script(
-        "oa", Reply(tool_calls=(Call(name="wait_a_bit", arguments={}),)), Reply(text="noted")
-    )
+    held = Held()
+    Agent("chat", model=OA, tools=[held.tool], registry=registry)
+    sim.script("oa", Reply(tool_calls=(Call(name="slow", arguments={}),)), Reply(text="noted"))
     async with agent_worker():
         run = await client.start("chat", "start")
-        await asyncio.wait_for(started.wait(), 15)
+        await held.running()
         await client.send(run.id, "user", "Also: the customer is a VIP.", sender="alice")
-        release.set()
+        held.release.set()
         done = await finish(client, run.id)
     assert done.state == RunState.COMPLETED, done.error
     second = requests(sim)[1]
@@ -451,32 +472,17 @@ async def test_a_run_over_its_tool_budget_is_refused_and_offered_no_more_tools(
 async def test_a_person_adds_a_message_with_the_kernos_command(
     client: Client, registry: Registry, sim: SimServer, agent_worker: AgentWorker, db_url: str
 ) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    @kernos.tool
-    async def slow() -> str:
-        """Takes a while."""
-        started.set()
-        await release.wait()
-        return "done"
-
-    Agent("listening", model=OA, tools=[slow], registry=registry)
+    held = Held()
+    Agent("listening", model=OA, tools=[held.tool], registry=registry)
     sim.script("oa", Reply(tool_calls=(Call(name="slow", arguments={}),)), Reply(text="ok"))
     async with agent_worker():
         run = await client.start("listening", "go")
-        await asyncio.wait_for(started.wait(), 15)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kernos", "send", run.id, "user",
-            "Please also refund the shipping.", "--database", db_url,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err.decode()
-        release.set()
+        await held.running()
+        out = await kernos_cli(db_url, "send", run.id, "user", "Please also refund the shipping.")
+        held.release.set()
         done = await finish(client, run.id)
     assert done.state == RunState.COMPLETED, done.error
-    assert f"sent to run {run.id}" in out.decode()
+    assert f"sent to run {run.id}" in out
     assert requests(sim)[1][-1] == {"role": "user", "content": "Please also refund the shipping."}
 
 
@@ -500,30 +506,21 @@ async def _state(client: Client, run_id: str, state: RunState) -> bool:
 async def test_a_person_takes_over_and_their_reply_is_the_answer(
     client: Client, registry: Registry, sim: SimServer, agent_worker: AgentWorker, db_url: str
 ) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    @kernos.tool
-    async def slow() -> str:
-        """Takes a while."""
-        started.set()
-        await release.wait()
-        return "done"
-
-    Agent("handover", model=OA, tools=[slow], registry=registry)
+    held = Held()
+    Agent("handover", model=OA, tools=[held.tool], registry=registry)
     sim.script("oa", Reply(tool_calls=(Call(name="slow", arguments={}),)), Reply(text="unused"))
     async with agent_worker():
         run = await client.start("handover", "help")
-        await asyncio.wait_for(started.wait(), 15)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kernos", "takeover", run.id,
-            "I'm Dana from support: I have refunded you myself.", "--sender", "dana",
-            "--database", db_url,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err.decode()
-        release.set()
+        await held.running()
+        await kernos_cli(
+            db_url,
+            "takeover",
+            run.id,
+            "I'm Dana from support: I have refunded you myself.",
+            "--sender",
+            "dana",
+        )
+        held.release.set()
         done = await finish(client, run.id)
     assert done.state == RunState.COMPLETED, done.error
     assert output_of(done) == "I'm Dana from support: I have refunded you myself."

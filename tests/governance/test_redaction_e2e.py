@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _cli_support import run_kernos
 from _gateway_support import OA, config_for
 
 import kernos
@@ -55,14 +54,7 @@ async def database_text(client: Client) -> str:
 
 
 def cli(db_url: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "kernos", *args, "--database", db_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    done = run_kernos(db_url, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout + done.stderr
 

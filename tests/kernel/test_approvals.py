@@ -4,14 +4,13 @@ wait survives the worker; a second decision is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli_support import kernos_async
 from _gateway_support import OA, config_for
 from pydantic import BaseModel
 
@@ -51,19 +50,8 @@ def register(registry: Registry) -> None:
         }
 
 
-def kernos_cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kernos", *args, "--database", db_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
-
-
 async def cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(kernos_cli, db_url, *args)
+    return await kernos_async(db_url, *args)
 
 
 async def waiting_approval(client: Client, run_id: str) -> str:
