@@ -7,6 +7,7 @@ break it.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections.abc import AsyncIterator
@@ -19,7 +20,6 @@ from kernos.store import (
     LATEST_VERSION,
     MemoryHit,
     NewMemory,
-    NewRun,
     RunState,
     SqlStore,
     new_run_id,
@@ -380,9 +380,16 @@ async def test_upgrading_a_schema_3_database_adds_memory(
     old = open_store(db_url)
     try:
         assert (await old.migrate()).current == 3
-        await old.create_run(
-            NewRun(id="r-old", agent="a", agent_version="1", input="1", tenant="acme")
-        )
+
+        def insert_old_run() -> None:  # as code of schema 3 wrote it (today's code has more)
+            with old.dialect.write() as tx:
+                tx.execute(
+                    "INSERT INTO kernos_runs (id, agent, agent_version, state, input, "
+                    "created_at, updated_at, run_at, tenant) "
+                    "VALUES ('r-old', 'a', '1', 'queued', '1', 1.0, 1.0, 1.0, 'acme')"
+                )
+
+        await asyncio.to_thread(insert_old_run)
     finally:
         await old.close()
     monkeypatch.undo()

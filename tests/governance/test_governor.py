@@ -233,3 +233,43 @@ async def test_kernos_budgets_shows_spend_against_limits(
         1.25,
         3.75,
     )
+
+
+async def test_rules_read_who_started_the_run_and_children_inherit_it(
+    client: Client, registry: Registry, kernos_sim: SimServer, tmp_path: Path
+) -> None:
+    toml = tmp_path / "kernos.toml"
+    toml.write_text(
+        '[[policy.rules]]\nname = "interns-do-not-refund"\n'
+        'when = \'kind == "tool" && tool == "refund" && principal.startsWith("key:intern")\'\n'
+        'effect = "deny"\nreason = "interns cannot refund"\n'
+    )
+    made: list[str] = []
+
+    @kernos.tool
+    def refund(order_id: str) -> str:
+        """Refund."""
+        made.append(order_id)
+        return "refunded"
+
+    Agent("desk", model=OA, tools=[refund], registry=registry)
+    call = Reply(tool_calls=(Call(name="refund", arguments={"order_id": "A"}),))
+    kernos_sim.script("oa", call, Reply(text="x"), call, Reply(text="y"))
+    governor = Governor(client.store, policy=load_policy(toml))
+    services = default_services(config_for(kernos_sim))
+    async with running_worker(client, registry, FAST, services=services, gatekeeper=governor):
+        intern = await client.start("desk", "refund A", principal="key:intern/01")
+        await client.wait(intern.id, timeout=30)
+        lead = await client.start("desk", "refund A", principal="key:lead/02")
+        await client.wait(lead.id, timeout=30)
+    assert (await client.get(intern.id)).principal == "key:intern/01"
+    assert made == ["A"]  # only the lead's
+    checks = {
+        run_id: [
+            e.payload["effect"] for e in await client.journal(run_id) if e.type == "tool_checked"
+        ]
+        for run_id in (intern.id, lead.id)
+    }
+    assert checks == {intern.id: ["deny"], lead.id: ["allow"]}
+    default = await client.start("desk", "hello")
+    assert default.principal is not None and default.principal.startswith("user:")

@@ -787,12 +787,18 @@ async def test_recorded_calls_are_the_subjects_the_policy_would_have_seen(
     async with history(client, registry, kernos_sim) as runs:
         events = await client.journal(runs[1].id)
     calls = list(recorded_calls(runs[1], events))
+    who = runs[1].principal  # who started the run (the OS user here)
+    assert who is not None and who.startswith("user:")
     assert [c.subject for c in calls] == [
-        Subject.for_llm(OA, agent="support", tenant="acme"),
+        Subject.for_llm(OA, agent="support", tenant="acme", principal=who),
         Subject.for_tool(
-            "issue_refund", {"order_id": "A-2", "amount": 500}, agent="support", tenant="acme"
+            "issue_refund",
+            {"order_id": "A-2", "amount": 500},
+            agent="support",
+            tenant="acme",
+            principal=who,
         ),
-        Subject.for_llm(OA, agent="support", tenant="acme"),
+        Subject.for_llm(OA, agent="support", tenant="acme", principal=who),
     ]
     assert all(c.run_id == runs[1].id for c in calls)
     assert [c.seq for c in calls] == sorted(c.seq for c in calls)

@@ -77,6 +77,7 @@ async def start_run(body: StartRun, principal: Operator, svc: Svc, response: Res
         priority=body.priority,
         delay=body.delay,
         tenant=tenant,
+        principal=principal.actor,
     )
     response.headers["Location"] = f"/v1/runs/{run.id}"
     return RunOut.of(run)

@@ -231,9 +231,17 @@ def _plain(message: Any) -> Any:
 
 def _subject(call: CallCheck) -> Subject:
     if call.kind == "tool":
-        return Subject.for_tool(call.name, call.arguments, agent=call.agent, tenant=call.tenant)
+        return Subject.for_tool(
+            call.name,
+            call.arguments,
+            agent=call.agent,
+            tenant=call.tenant,
+            principal=call.principal,
+        )
     params = {k: v for k, v in call.params.items() if isinstance(v, str | int | float | bool)}
-    return Subject.for_llm(call.name, agent=call.agent, tenant=call.tenant, params=params)
+    return Subject.for_llm(
+        call.name, agent=call.agent, tenant=call.tenant, principal=call.principal, params=params
+    )
 
 
 def load_budgets(

@@ -4,8 +4,8 @@ Every tool call and LLM call a run made is in its journal (guarantee 5): ``tool_
 ``tool_failed`` (the event's name is the tool, the payload has its ``arguments``) and
 ``llm_completed`` / ``llm_failed`` (the event's name is the route the agent asked for). Replay
 turns each into the :class:`Subject` the kernel would have asked the policy about and decides
-it, without touching the runs. The principal is not recorded yet, so it is null; an LLM call's
-``params`` are not recorded either, so they are empty.
+it, without touching the runs. The principal is the run's (who started it; null for runs
+recorded before kernos kept it); an LLM call's ``params`` are not recorded, so they are empty.
 """
 
 from __future__ import annotations
@@ -88,9 +88,12 @@ def recorded_calls(run: Run, events: Sequence[Event]) -> Iterator[RecordedCall]:
                 arguments if isinstance(arguments, dict) else {},
                 agent=run.agent,
                 tenant=run.tenant,
+                principal=run.principal,
             )
         else:
-            subject = Subject.for_llm(event.name, agent=run.agent, tenant=run.tenant)
+            subject = Subject.for_llm(
+                event.name, agent=run.agent, tenant=run.tenant, principal=run.principal
+            )
         yield RecordedCall(run.id, event.seq, event.created_at, subject)
 
 

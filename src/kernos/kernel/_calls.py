@@ -148,6 +148,8 @@ class CallCheck:
     run_id: str
     agent: str
     tenant: str
+    #: who started the run (None when not recorded)
+    principal: str | None
     #: the tool's arguments (empty for an LLM call)
     arguments: Mapping[str, Any]
     #: an LLM call's messages and options (empty for a tool call)

@@ -116,11 +116,13 @@ class Client:
         delay: float | None = None,
         run_id: str | None = None,
         tenant: str | None = None,
+        principal: str | None = None,
     ) -> Run:
         """Create a run (``queued``); a worker that has the agent's code will execute it.
 
         ``tenant`` names who the run's costs are charged to (``default`` if not given); the
-        runs it spawns inherit it.
+        runs it spawns inherit it. ``principal`` is who starts it (default: the operating
+        system's user), which policy rules can read and the runs it spawns inherit.
         """
         tenant = check_tenant(tenant)
         resolved = await self._version_of(agent, version)
@@ -139,6 +141,7 @@ class Client:
                 priority=priority,
                 run_at=run_at,
                 tenant=tenant,
+                principal=principal or _person(),
             )
         )
 

@@ -615,6 +615,7 @@ class Execution:
             run_id=self.run_id,
             agent=self.run.agent,
             tenant=self.run.tenant,
+            principal=self.run.principal,
             arguments=args[0] if kind == "tool" and args else {},
             messages=args[1] if kind == "llm" and len(args) > 1 else (),
             params=kwargs if kind == "llm" else {},
@@ -1109,6 +1110,7 @@ class Execution:
                 priority=self.run.priority,
                 parent_id=self.run_id,
                 tenant=self.run.tenant,
+                principal=self.run.principal,
             ),
         )
         return child_id

@@ -64,6 +64,9 @@ class Run:
     claims: int
     #: who the run's costs are charged to (``default`` unless the caller names one)
     tenant: str = "default"
+    #: who started it (``key:<name>/<id>`` through the API, ``user:<name>`` from the CLI);
+    #: None when not known (runs of older versions, schedules)
+    principal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class NewRun:
     parent_id: str | None = None
     schedule: str | None = None
     tenant: str = "default"
+    principal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,6 +265,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        8,
+        "who started a run (an API key's name, a person), for policy and the audit",
+        ("ALTER TABLE kernos_runs ADD COLUMN principal TEXT",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

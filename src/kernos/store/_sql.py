@@ -114,7 +114,7 @@ T = TypeVar("T")
 _RUN_COLUMNS = (
     "id, agent, agent_version, state, waiting_for, control, input, output, error, priority, "
     "parent_id, schedule, created_at, updated_at, run_at, lease_owner, lease_token, "
-    "lease_expires_at, claims, tenant"
+    "lease_expires_at, claims, tenant, principal"
 )
 #: a run committing without suspending yields to its event loop at least this often (seconds)
 _YIELD_EVERY = 0.005
@@ -150,6 +150,7 @@ def _run(row: Row) -> Run:
         lease_expires_at=row[17],
         claims=row[18],
         tenant=row[19],
+        principal=row[20],
     )
 
 
@@ -358,7 +359,7 @@ class SqlStore:
         run_at = new.run_at if new.run_at is not None else now
         tx.execute(
             f"INSERT INTO kernos_runs ({_RUN_COLUMNS}) VALUES "
-            "(?, ?, ?, 'queued', NULL, NULL, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, 0, ?)",
+            "(?, ?, ?, 'queued', NULL, NULL, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, 0, NULL, 0, ?, ?)",
             (
                 new.id,
                 new.agent,
@@ -371,6 +372,7 @@ class SqlStore:
                 now,
                 run_at,
                 new.tenant,
+                new.principal,
             ),
         )
         self._d.notify(tx)
@@ -395,6 +397,7 @@ class SqlStore:
             lease_expires_at=None,
             claims=0,
             tenant=new.tenant,
+            principal=new.principal,
         )
 
     def _create_run(self, new: NewRun) -> Run:
