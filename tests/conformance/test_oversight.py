@@ -19,6 +19,7 @@ from kernos.store import (
     BudgetCharge,
     Event,
     NewApproval,
+    RunState,
     SqlStore,
     SuspendResult,
     open_store,
@@ -337,3 +338,35 @@ async def test_concurrent_reservations_never_overspend(store: SqlStore) -> None:
     assert sum(v.ok for v in verdicts) == 10
     usage = await store.budget_usage()
     assert usage[0].reserved_usd == 10.0
+
+
+async def test_a_call_made_again_replaces_its_reservation_instead_of_adding_one(
+    store: SqlStore,
+) -> None:
+    """A worker killed between reserving and settling: its successor makes the same call
+    (same hold id) and the budget holds one reservation, not two."""
+    assert (await store.reserve_budget([charge(usd=4.0)], hold="r1:5", run_id="r1")).ok
+    assert (await store.reserve_budget([charge(usd=4.5)], hold="r1:5", run_id="r1")).ok
+    usage = await store.budget_usage()
+    assert usage[0].reserved_usd == 4.5
+    assert [c.usd for c in await store.held_budget("r1:5")] == [4.5]
+    await store.settle_budget([charge(usd=4.5)], usd=1.0, tokens=10, hold="r1:5")
+    usage = await store.budget_usage()
+    assert (usage[0].usd, usage[0].reserved_usd) == (1.0, 0.0)
+    assert await store.held_budget("r1:5") == []
+    # settling again (a successor that found nothing held) adds the cost and releases nothing
+    await store.settle_budget([charge(usd=4.5)], usd=0.5, tokens=5, hold="r1:5")
+    usage = await store.budget_usage()
+    assert (usage[0].usd, usage[0].reserved_usd) == (1.5, 0.0)
+
+
+async def test_a_run_that_ends_gives_back_what_its_calls_still_held(store: SqlStore) -> None:
+    run_id, token = await claim_one(store)
+    assert (await store.reserve_budget([charge(usd=3.0)], hold=f"{run_id}:2", run_id=run_id)).ok
+    assert (await store.reserve_budget([charge(usd=2.0)], hold="other:1", run_id="other")).ok
+    assert (await store.budget_usage())[0].reserved_usd == 5.0
+    await store.finish(run_id, token, state=RunState.FAILED, events=[], error="cut short")
+    usage = await store.budget_usage()
+    assert usage[0].reserved_usd == 2.0  # the other run's reservation stands
+    assert await store.held_budget(f"{run_id}:2") == []
+    assert [c.usd for c in await store.held_budget("other:1")] == [2.0]

@@ -164,7 +164,9 @@ class Governor:
             )
             for b, key in applicable
         ]
-        verdict = await self.store.reserve_budget(charges)
+        verdict = await self.store.reserve_budget(
+            charges, hold=call.key or None, run_id=call.run_id
+        )
         if verdict.ok:
             payload = {
                 **payload,
@@ -201,7 +203,24 @@ class Governor:
         usd = float(getattr(result, "cost", 0.0) or 0.0) if result is not None else 0.0
         usage = getattr(result, "usage", None)
         tokens = int(getattr(usage, "total_tokens", 0) or 0) if usage is not None else 0
-        await self.store.settle_budget(verdict.hold, usd=usd, tokens=tokens)
+        await self.store.settle_budget(verdict.hold, usd=usd, tokens=tokens, hold=call.key or None)
+
+    async def resume(self, call: CallCheck, payload: Mapping[str, Any]) -> Verdict | None:
+        """A call allowed before its worker died: the successor settles it. What the dead
+        worker reserved is taken over; if the run's budgets have no record of it (the hold
+        was given back), the real cost is still counted against them."""
+        names = payload.get("budgets")
+        if call.kind != "llm" or not names:
+            return None
+        held = await self.store.held_budget(call.key) if call.key else []
+        if not held:
+            now = time.time()
+            held = [
+                BudgetCharge(b.name, key, b.period_start(now), b.usd, b.tokens, 0.0, 0)
+                for b in self.budgets
+                if b.name in names and (key := b.key(call)) is not None
+            ]
+        return Verdict("allow", payload=dict(payload), hold=held) if held else None
 
     def estimate(self, call: CallCheck) -> Estimate:
         """A call's cost before it is made: over- rather than under-counted."""

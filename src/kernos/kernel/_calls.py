@@ -155,6 +155,8 @@ class CallCheck:
     #: an LLM call's messages and options (empty for a tool call)
     messages: Sequence[Any] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+    #: the call's identity, ``<run_id>:<position>``: the same for every attempt and successor
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,12 @@ class Gatekeeper(Protocol):
 
     async def settle(self, call: CallCheck, verdict: Verdict, result: Any) -> None:
         """The call ended (``result`` is what it returned, or None if it failed)."""
+        ...
+
+    async def resume(self, call: CallCheck, payload: Mapping[str, Any]) -> Verdict | None:
+        """The call was allowed (``payload``: the journaled decision) by a worker that died
+        before it ended, and is being made again: the verdict whose ``hold`` this worker
+        settles (None: nothing to settle)."""
         ...
 
 

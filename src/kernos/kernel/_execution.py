@@ -619,6 +619,7 @@ class Execution:
             arguments=args[0] if kind == "tool" and args else {},
             messages=args[1] if kind == "llm" and len(args) > 1 else (),
             params=kwargs if kind == "llm" else {},
+            key=f"{self.run_id}:{pos}",
         )
         checked = next((ev for ev in recorded if ev.type == f"{kind}_checked"), None)
         verdict: Verdict | None = None
@@ -632,6 +633,9 @@ class Execution:
             self._buffer(f"{kind}_checked", step=pos, name=name, payload=payload)
         else:
             payload = checked.payload
+            if payload.get("effect", "allow") == "allow":
+                # a killed worker's call made again: settle what it reserved
+                verdict = await self.gatekeeper.resume(check, payload)
         effect = payload.get("effect", "allow")
         if effect == "deny":
             await self._refuse(kind, name, pos, str(payload.get("reason", "")), payload)

@@ -15,6 +15,7 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from kernos.errors import ApprovalNotFound, InvalidInput, InvalidState
@@ -334,18 +335,27 @@ def _key(row: Sequence[Any]) -> ApiKey:
 # -- budgets ---------------------------------------------------------------------------------
 
 
-def reserve_budget(tx: Tx, charges: Sequence[BudgetCharge], now: float, lock: str) -> BudgetVerdict:
+def reserve_budget(
+    tx: Tx,
+    charges: Sequence[BudgetCharge],
+    now: float,
+    lock: str,
+    hold: str | None = None,
+    run_id: str | None = None,
+) -> BudgetVerdict:
     """Reserve every charge's estimate, or none: the first budget it would exceed is named.
+
+    With ``hold`` (the call's id), the reservation is recorded under it: a call made again
+    (its worker was killed before settling) first releases what its earlier attempt held, so
+    a crash never leaves money reserved that nobody will settle.
 
     Rows are locked in a fixed order (budget, key) so that two calls reserving on the same
     budgets cannot deadlock.
     """
+    if hold is not None:
+        release_hold(tx, hold, now, lock)
     for charge in sorted(charges, key=lambda c: (c.budget, c.key)):
-        tx.execute(
-            "INSERT INTO kernos_budget_usage (budget, key, period_start, updated_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (budget, key, period_start) DO NOTHING",
-            (charge.budget, charge.key, charge.period_start, now),
-        )
+        _ensure_usage_row(tx, charge, now)
     rows: list[tuple[BudgetCharge, BudgetUsage]] = []
     for charge in sorted(charges, key=lambda c: (c.budget, c.key)):
         usage = _usage(tx, charge, lock)
@@ -365,7 +375,86 @@ def reserve_budget(tx: Tx, charges: Sequence[BudgetCharge], now: float, lock: st
             "WHERE budget = ? AND key = ? AND period_start = ?",
             (charge.usd, charge.tokens, now, charge.budget, charge.key, charge.period_start),
         )
+    if hold is not None:
+        tx.execute(
+            "INSERT INTO kernos_budget_holds (id, run_id, charges, created_at) VALUES (?, ?, ?, ?)",
+            (hold, run_id or hold.rpartition(":")[0], _charges_json(charges), now),
+        )
     return BudgetVerdict(True)
+
+
+def _ensure_usage_row(tx: Tx, charge: BudgetCharge, now: float) -> None:
+    tx.execute(
+        "INSERT INTO kernos_budget_usage (budget, key, period_start, updated_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (budget, key, period_start) DO NOTHING",
+        (charge.budget, charge.key, charge.period_start, now),
+    )
+
+
+def held_budget(tx: Tx, hold: str) -> list[BudgetCharge]:
+    """What the call ``hold`` has reserved and not settled (nothing: [])."""
+    row = tx.fetchone("SELECT charges FROM kernos_budget_holds WHERE id = ?", (hold,))
+    return [] if row is None else [BudgetCharge(**c) for c in json.loads(row[0])]
+
+
+def release_hold(tx: Tx, hold: str, now: float, lock: str) -> list[BudgetCharge]:
+    """Give back what the call ``hold`` reserved, and forget the hold; what was released."""
+    held = held_budget(tx, hold)
+    if not held:
+        return []
+    tx.execute("DELETE FROM kernos_budget_holds WHERE id = ?", (hold,))
+    _unreserve(tx, held, now, lock)
+    return held
+
+
+def release_run_holds(tx: Tx, run_id: str, now: float, lock: str) -> None:
+    """A run ended: whatever its calls still held (a call cut short) is given back."""
+    rows = tx.fetchall("SELECT id FROM kernos_budget_holds WHERE run_id = ?", (run_id,))
+    for row in rows:
+        release_hold(tx, str(row[0]), now, lock)
+
+
+def _unreserve(tx: Tx, charges: Sequence[BudgetCharge], now: float, lock: str) -> None:
+    for charge in sorted(charges, key=lambda c: (c.budget, c.key)):
+        tx.fetchone(
+            "SELECT budget FROM kernos_budget_usage WHERE budget = ? AND key = ? "
+            f"AND period_start = ?{lock}",
+            (charge.budget, charge.key, charge.period_start),
+        )
+        tx.execute(
+            "UPDATE kernos_budget_usage SET "
+            "reserved_usd = CASE WHEN reserved_usd > ? THEN reserved_usd - ? ELSE 0 END, "
+            "reserved_tokens = CASE WHEN reserved_tokens > ? THEN reserved_tokens - ? ELSE 0 END, "
+            "updated_at = ? WHERE budget = ? AND key = ? AND period_start = ?",
+            (
+                charge.usd,
+                charge.usd,
+                charge.tokens,
+                charge.tokens,
+                now,
+                charge.budget,
+                charge.key,
+                charge.period_start,
+            ),
+        )
+
+
+def _charges_json(charges: Sequence[BudgetCharge]) -> str:
+    return json.dumps(
+        [
+            {
+                "budget": c.budget,
+                "key": c.key,
+                "period_start": c.period_start,
+                "limit_usd": c.limit_usd,
+                "limit_tokens": c.limit_tokens,
+                "usd": c.usd,
+                "tokens": c.tokens,
+            }
+            for c in charges
+        ],
+        separators=(",", ":"),
+    )
 
 
 def settle_budget(
@@ -375,9 +464,16 @@ def settle_budget(
     actual_tokens: int,
     now: float,
     lock: str,
+    hold: str | None = None,
 ) -> None:
-    """Replace each reservation by what the call really cost."""
+    """Replace each reservation by what the call really cost. With ``hold``, the reservation
+    released is the one recorded under it; when there is none any more (the run ended and
+    gave it back), only the real cost is added."""
+    if hold is not None:
+        release_hold(tx, hold, now, lock)
+        reserved = [replace(c, usd=0.0, tokens=0) for c in reserved]
     for charge in sorted(reserved, key=lambda c: (c.budget, c.key)):
+        _ensure_usage_row(tx, charge, now)
         usage = _usage(tx, charge, lock)
         tx.execute(
             "UPDATE kernos_budget_usage SET usd = ?, tokens = ?, reserved_usd = ?, "

@@ -211,10 +211,22 @@ class Store(Protocol):
         limit: int = 1000,
     ) -> list[AuditEntry]: ...
     async def verify_audit(self) -> AuditCheck: ...
-    async def reserve_budget(self, charges: Sequence[BudgetCharge]) -> BudgetVerdict: ...
+    async def reserve_budget(
+        self,
+        charges: Sequence[BudgetCharge],
+        *,
+        hold: str | None = None,
+        run_id: str | None = None,
+    ) -> BudgetVerdict: ...
     async def settle_budget(
-        self, reserved: Sequence[BudgetCharge], *, usd: float, tokens: int
+        self,
+        reserved: Sequence[BudgetCharge],
+        *,
+        usd: float,
+        tokens: int,
+        hold: str | None = None,
     ) -> None: ...
+    async def held_budget(self, hold: str) -> list[BudgetCharge]: ...
     async def budget_usage(self, *, since: float = 0.0) -> list[BudgetUsage]: ...
     async def create_api_key(
         self, *, name: str, tenant: str | None, role: str, by: str = "cli"

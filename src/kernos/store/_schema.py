@@ -270,6 +270,43 @@ MIGRATIONS: tuple[Migration, ...] = (
         "who started a run (an API key's name, a person), for policy and the audit",
         ("ALTER TABLE kernos_runs ADD COLUMN principal TEXT",),
     ),
+    Migration(
+        9,
+        "budget holds per call (released when a killed worker's call is made again or its run "
+        "ends); approval escalation; the notification outbox",
+        (
+            # What one LLM call (id: <run_id>:<position>) has reserved, so that a successor
+            # making the same call again replaces the reservation instead of adding a second,
+            # and a run that ends releases what its calls still held.
+            """CREATE TABLE kernos_budget_holds (
+                id TEXT PRIMARY KEY,
+                run_id TEXT NOT NULL,
+                charges TEXT NOT NULL,
+                created_at {float} NOT NULL
+            )""",
+            "CREATE INDEX kernos_budget_holds_run ON kernos_budget_holds (run_id)",
+            # escalates: the deadline escalates rather than decides; escalated_at: when it did.
+            "ALTER TABLE kernos_approvals ADD COLUMN escalates INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE kernos_approvals ADD COLUMN escalated_at {float}",
+            # Notifications to deliver (a webhook), committed with what they announce and
+            # delivered by whichever worker claims them: they survive the worker that asked.
+            """CREATE TABLE kernos_outbox (
+                id TEXT PRIMARY KEY,
+                topic TEXT NOT NULL,
+                tenant TEXT,
+                body TEXT NOT NULL,
+                created_at {float} NOT NULL,
+                next_at {float} NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                claimed_until {float},
+                delivered_at {float},
+                failed_at {float},
+                last_error TEXT
+            )""",
+            "CREATE INDEX kernos_outbox_due ON kernos_outbox (next_at) "
+            "WHERE delivered_at IS NULL AND failed_at IS NULL",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -55,12 +55,14 @@ from kernos.store._oversight import (
     decide_approval,
     find_api_key,
     get_approval,
+    held_budget,
     insert_api_key,
     insert_approval,
     list_api_keys,
     list_approvals,
     list_audit,
     list_budget_usage,
+    release_run_holds,
     reserve_budget,
     settle_budget,
     verify_audit,
@@ -737,6 +739,7 @@ class SqlStore:
             if state != RunState.COMPLETED:
                 self._cancel_children(tx, run_id, f"parent run {run_id} ended {state.value}")
             tx.execute("DELETE FROM kernos_timers WHERE run_id = ?", (run_id,))
+            release_run_holds(tx, run_id, now, self._d.lock_rows)
             if row[0] is not None:
                 self._wake_parent(tx, run_id, row[0])
 
@@ -1700,28 +1703,58 @@ class SqlStore:
         """Revoke a key at once; False if no live key has that id. Audited."""
         return await self._call(self._revoke_api_key, key_id, by)
 
-    def _reserve_budget(self, charges: Sequence[BudgetCharge]) -> BudgetVerdict:
+    def _reserve_budget(
+        self, charges: Sequence[BudgetCharge], hold: str | None, run_id: str | None
+    ) -> BudgetVerdict:
         with self._d.write() as tx:
-            return reserve_budget(tx, charges, time.time(), self._d.lock_rows)
+            return reserve_budget(tx, charges, time.time(), self._d.lock_rows, hold, run_id)
 
-    async def reserve_budget(self, charges: Sequence[BudgetCharge]) -> BudgetVerdict:
+    async def reserve_budget(
+        self,
+        charges: Sequence[BudgetCharge],
+        *,
+        hold: str | None = None,
+        run_id: str | None = None,
+    ) -> BudgetVerdict:
         """Reserve a call's estimated cost on every budget it counts against, atomically: all
         or none, the first budget it would exceed named. Concurrent calls on many workers
-        serialise on the budget's row."""
+        serialise on the budget's row.
+
+        ``hold`` names the call (``<run_id>:<position>``): the reservation is kept under it,
+        replaces what an earlier attempt of the same call held (a killed worker's), and is
+        given back when ``run_id`` ends if nobody settled it."""
         if not charges:
             return BudgetVerdict(True)
-        return await self._call(self._reserve_budget, list(charges))
+        return await self._call(self._reserve_budget, list(charges), hold, run_id)
 
-    def _settle_budget(self, reserved: Sequence[BudgetCharge], usd: float, tokens: int) -> None:
+    def _settle_budget(
+        self, reserved: Sequence[BudgetCharge], usd: float, tokens: int, hold: str | None
+    ) -> None:
         with self._d.write() as tx:
-            settle_budget(tx, reserved, usd, tokens, time.time(), self._d.lock_rows)
+            settle_budget(tx, reserved, usd, tokens, time.time(), self._d.lock_rows, hold)
 
     async def settle_budget(
-        self, reserved: Sequence[BudgetCharge], *, usd: float, tokens: int
+        self,
+        reserved: Sequence[BudgetCharge],
+        *,
+        usd: float,
+        tokens: int,
+        hold: str | None = None,
     ) -> None:
-        """The call is over: its reservations become its real cost (0 if it failed)."""
+        """The call is over: its reservations become its real cost (0 if it failed). With
+        ``hold``, what is released is what the store holds under it (nothing, if the run's
+        end gave it back already), so a reservation is never released twice."""
         if reserved:
-            await self._call(self._settle_budget, list(reserved), usd, tokens)
+            await self._call(self._settle_budget, list(reserved), usd, tokens, hold)
+
+    def _held_budget(self, hold: str) -> list[BudgetCharge]:
+        with self._d.read() as tx:
+            return held_budget(tx, hold)
+
+    async def held_budget(self, hold: str) -> list[BudgetCharge]:
+        """What call ``hold`` reserved and has not settled: a successor taking over a call a
+        killed worker had started settles it."""
+        return await self._call(self._held_budget, hold)
 
     def _budget_usage(self, since: float) -> list[BudgetUsage]:
         with self._d.read() as tx:
