@@ -92,7 +92,7 @@ class Api:
 
 async def snapshot(client: Client) -> dict[str, Any]:
     """Everything a rejected request must leave as it was: runs, journals, messages (through
-    the journal), approvals, the audit log."""
+    the journal), approvals, MCP tool pins, the audit log."""
     runs = await client.store.list_runs(limit=10_000)
     return {
         "runs": sorted((r.id, r.state, r.control, r.updated_at) for r in runs),
@@ -100,6 +100,10 @@ async def snapshot(client: Client) -> dict[str, Any]:
         "approvals": sorted(
             (a.id, a.state) for a in await client.store.list_approvals(state=None, limit=10_000)
         ),
+        "pins": [
+            (p.server, p.tool, p.hash, p.pending_hash, p.accepted_by)
+            for p in await client.store.list_tool_pins()
+        ],
         "audit": len(await client.store.list_audit(limit=100_000)),
     }
 

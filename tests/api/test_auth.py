@@ -1,7 +1,8 @@
 """Keys, roles and tenants: every route against every role, and every route across tenants.
 
 A forbidden request is 403 and changes nothing; another tenant's run or approval is 404 with
-the very answer an unknown id gets, and changes nothing either (guarantee 7).
+the very answer an unknown id gets, and changes nothing either (guarantee 7). Fleet-wide
+routes (MCP tool pins) need an admin key without a tenant: any key of a tenant is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import httpx
 
 from kernos.api import GRANTS, ApiConfig, Permission, create_app
 from kernos.kernel import Registry
-from kernos.store import ROLES
+from kernos.store import ROLES, ToolDefinition
 from kernos.testing import FAST, running_worker
 
 from ._api_support import CONFIG, Api, pending_approval, snapshot
@@ -25,6 +26,8 @@ class Route:
     path: str
     permission: Permission
     body: dict[str, Any] | None = None
+    #: shared by every tenant: only a key without a tenant may
+    fleet: bool = False
 
     def url(self, run: str, approval: str) -> str:
         return self.path.format(run=run, approval=approval)
@@ -46,9 +49,14 @@ ROUTES = [
     Route("POST", "/v1/approvals/{approval}/approve", Permission.APPROVE, {"reason": "m"}),
     Route("POST", "/v1/approvals/{approval}/reject", Permission.APPROVE, {"reason": "m"}),
     Route("GET", "/v1/audit", Permission.AUDIT),
+    Route("GET", "/v1/budgets", Permission.READ),
+    Route("GET", "/v1/tools/pins", Permission.ADMINISTER, fleet=True),
+    Route("POST", "/v1/tools/pins/files/read/accept", Permission.ADMINISTER, {}, fleet=True),
 ]
 #: routes that act on one run or one approval, by id
 BY_ID = [r for r in ROUTES if "{" in r.path]
+#: every role of tenant acme, and the admin key of no tenant
+KEYS: list[tuple[str, str | None]] = [*((role, "acme") for role in ROLES), ("admin", None)]
 
 
 async def call(api: Api, route: Route, headers: dict[str, str], run: str, approval: str) -> Any:
@@ -75,25 +83,54 @@ def test_the_roles_grant_what_the_design_says() -> None:
     assert GRANTS["admin"] == set(Permission)
 
 
+def test_every_route_of_the_api_is_in_the_matrix() -> None:
+    documented = {
+        (method.upper(), path)
+        for path, methods in create_app().openapi()["paths"].items()
+        for method in methods
+        if path.startswith("/v1")
+    }
+    tested = {(r.method, _template(r.path)) for r in ROUTES}
+    assert documented == tested
+
+
+def _template(path: str) -> str:
+    """A matrix path as the OpenAPI document spells it."""
+    path = path.split("?")[0].replace("{run}", "{run_id}").replace("{approval}", "{approval_id}")
+    return path.replace("/pins/files/read/", "/pins/{server}/{tool}/")
+
+
 async def test_every_route_against_every_role(api: Api, registry: Registry) -> None:
     """A role that may not is refused with 403 and nothing changes; one that may gets past
     access control (its answer may still be a 409 for a run in the wrong state)."""
     done, _, approval = await targets(api, registry, "acme")
+    await pending_pin(api)
     wrong: list[str] = []
     for route in ROUTES:
-        for role in ROLES:
-            allowed = route.permission in GRANTS[role]
+        for role, tenant in KEYS:
+            allowed = route.permission in GRANTS[role] and not (route.fleet and tenant)
             target = done if "/events" in route.path else (await api.start("echo", 0))
             before = await snapshot(api.client)
-            r = await call(api, route, api.auth(role), target, approval)
+            r = await call(api, route, api.auth(role, tenant), target, approval)
+            who = f"{role}/{tenant} {route.method} {route.path}"
             if (allowed and r.status_code in (401, 403, 404)) or r.status_code >= 500:
-                wrong.append(f"{role} {route.method} {route.path}: {r.status_code} {r.text}")
+                wrong.append(f"{who}: {r.status_code} {r.text}")
             if not allowed:
                 if r.status_code != 403 or r.headers["content-type"] != "application/problem+json":
-                    wrong.append(f"{role} {route.method} {route.path}: {r.status_code}, not 403")
+                    wrong.append(f"{who}: {r.status_code}, not 403")
                 if await snapshot(api.client) != before:
-                    wrong.append(f"{role} {route.method} {route.path}: changed state")
+                    wrong.append(f"{who}: changed state")
     assert wrong == []
+    [pin] = [p for p in await api.client.store.list_tool_pins("files") if p.tool == "read"]
+    assert pin.pending_hash is None  # the admin of no tenant accepted the change
+
+
+async def pending_pin(api: Api) -> None:
+    """Tool ``read`` of MCP server ``files``, changed since it was pinned."""
+    schema: dict[str, Any] = {"type": "object"}
+    for description in ("Read a file.", "Read a file, and more."):
+        definition = ToolDefinition(name="read", description=description, input_schema=schema)
+        await api.client.store.observe_tools("files", [definition])
 
 
 async def test_no_route_shows_or_touches_another_tenants_runs(api: Api, registry: Registry) -> None:

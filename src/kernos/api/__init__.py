@@ -1,4 +1,5 @@
-"""The HTTP API (``kernos serve``): runs, approvals, messages, costs, audit, over the journal.
+"""The HTTP API (``kernos serve``): runs, approvals, messages, costs, budgets, audit and MCP
+tool pins, over the journal and the store.
 
 An interface layer: no business logic of its own (DESIGN.md, "Interfaces"). Each route checks
 the caller's API key, role and tenant, calls the kernel's ``Client`` or the store, and answers

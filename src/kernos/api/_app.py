@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Any
@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kernos.errors import KernosError
-from kernos.governance import redactor_from_config
+from kernos.governance import Budget, load_budgets, redactor_from_config
 from kernos.kernel import (
     REGISTRY,
     Registry,
@@ -24,7 +24,7 @@ from kernos.kernel import (
     load_settings,
 )
 
-from . import _costs, _health, _oversight, _runs
+from . import _budgets, _costs, _health, _oversight, _runs, _tools
 from ._auth import Authentication, KeyCache
 from ._config import ApiConfig
 from ._feed import JournalFeed
@@ -41,7 +41,8 @@ from ._problems import (
 from ._state import ApiState, Readiness, Services
 
 DESCRIPTION = """\
-Start, follow and control durable agent runs; decide approvals; read costs and the audit log.
+Start, follow and control durable agent runs; decide approvals; read costs, budgets and the
+audit log; review and accept changed MCP tools.
 
 Every `/v1` route needs `Authorization: Bearer <key>` (`kernos keys create --tenant T --role R`).
 Errors are RFC 9457 problem documents (`application/problem+json`).
@@ -55,6 +56,7 @@ def create_app(
     settings: Settings | None = None,
     config: ApiConfig | None = None,
     redactor: Scrubber | None = None,
+    budgets: Sequence[Budget] | None = None,
 ) -> FastAPI:
     """The HTTP API over the database at ``store_url`` (default: ``KERNOS_DATABASE_URL``).
 
@@ -62,6 +64,9 @@ def create_app(
     it with any ASGI server (``kernos serve`` uses uvicorn). ``registry`` names the agents whose
     input types validate ``POST /v1/runs`` bodies up front (default: those of ``KERNOS_APP``, if
     set); agents it lacks are checked against those workers registered in the database.
+
+    ``budgets`` are what ``GET /v1/budgets`` reports spend against (default: ``[[budgets]]``
+    of kernos.toml, read here, once, as the workers read it when they start).
 
     With no arguments this is the factory ``kernos serve --workers N`` hands uvicorn: each
     worker process builds its own app from the environment.
@@ -74,6 +79,7 @@ def create_app(
     state = ApiState(config)
     agents = registry
     scrubber = redactor if redactor is not None else redactor_from_config()
+    limits = tuple(load_budgets() if budgets is None else budgets)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +91,7 @@ def create_app(
             feed=JournalFeed(store, fast=config.poll_fast, slow=config.poll_slow),
             readiness=Readiness(store, config.ready_timeout),
             config=config,
+            budgets=limits,
         )
         try:
             yield
@@ -113,6 +120,8 @@ def create_app(
         _oversight.approvals,
         _oversight.audit,
         _costs.router,
+        _budgets.router,
+        _tools.router,
     ):
         app.include_router(router)
     # The last added runs first: keys are checked before a body is even read.

@@ -9,12 +9,14 @@ role       may
 viewer     read runs, journals, live events and costs
 operator   viewer + start runs, pause, resume, cancel, send messages
 approver   viewer + list, show, approve and reject approvals
-admin      everything, the audit log included
+admin      everything, the audit log and MCP tool pins included
 =========  ==========================================================================
 
-A key with a tenant sees only that tenant's runs (and approvals, costs, audit entries): another
-tenant's run answers 404 exactly as an unknown id does, so ids do not leak across tenants. Only
-admin keys may have no tenant, and they see all tenants.
+A key with a tenant sees only that tenant's runs (and approvals, costs, budgets, audit
+entries): another tenant's run answers 404 exactly as an unknown id does, so ids do not leak
+across tenants. Only admin keys may have no tenant, and they see all tenants. What belongs to
+no tenant but to the whole fleet (MCP tool pins: accepting a change offers the tool to every
+tenant's agents) needs an admin key without a tenant.
 
 Authentication happens in an ASGI middleware, before the request body is read: a caller
 without a valid key learns nothing about the API (not even whether its JSON was valid), and a
@@ -53,6 +55,7 @@ class Permission(StrEnum):
     OPERATE = "operate"
     APPROVE = "approve"
     AUDIT = "audit"
+    ADMINISTER = "administer"
 
 
 GRANTS: dict[str, frozenset[Permission]] = {
@@ -67,6 +70,7 @@ _WHAT = {
     Permission.OPERATE: "start or control runs",
     Permission.APPROVE: "see or decide approvals",
     Permission.AUDIT: "read the audit log",
+    Permission.ADMINISTER: "review or accept MCP tool pins",
 }
 _ROLES_FOR = {
     p: ", ".join(role for role, grants in GRANTS.items() if p in grants) for p in Permission
@@ -237,6 +241,25 @@ Reader = Annotated[Principal, Depends(require(Permission.READ))]
 Operator = Annotated[Principal, Depends(require(Permission.OPERATE))]
 Approver = Annotated[Principal, Depends(require(Permission.APPROVE))]
 Auditor = Annotated[Principal, Depends(require(Permission.AUDIT))]
+
+
+async def _fleet_admin(
+    principal: Annotated[Principal, Depends(require(Permission.ADMINISTER))],
+) -> Principal:
+    """An admin key of no tenant: 403 for one scoped to a tenant, which may not see or change
+    what every tenant shares."""
+    if principal.tenant is not None:
+        raise ProblemError(
+            403,
+            f"this is fleet-wide, shared by every tenant; a key of tenant "
+            f"{principal.tenant!r} may not see or change it (use an admin key without a "
+            f"tenant: kernos keys create --role admin)",
+            kind="forbidden",
+        )
+    return principal
+
+
+FleetAdmin = Annotated[Principal, Depends(_fleet_admin)]
 
 
 def check_tenant_scope(principal: Principal, tenant: str | None) -> str | None:

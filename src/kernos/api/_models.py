@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from kernos.gateway import CostLine
+from kernos.governance import BudgetLine
 from kernos.store import (
     Approval,
     ApprovalState,
@@ -26,6 +28,8 @@ from kernos.store import (
     Message,
     Run,
     RunState,
+    ToolDefinition,
+    ToolPin,
 )
 
 # Text that ends up in a database column as it is: PostgreSQL refuses NUL characters, so they
@@ -276,6 +280,114 @@ class CostReport(BaseModel):
     by: str
     since: float | None
     lines: list[CostLineOut]
+
+
+class BudgetLineOut(BaseModel):
+    """One budget's spend for one run, agent or tenant in the current period (as ``kernos
+    budgets`` shows it)."""
+
+    budget: str = Field(description="The budget's name in kernos.toml")
+    per: Literal["run", "agent", "tenant"]
+    key: str = Field(description="The run id, agent or tenant the spend counts for")
+    period: Literal["run", "day", "month"]
+    period_start: float = Field(description="When the current period began (0: per run)")
+    period_end: float | None = Field(description="When it turns; null for per-run periods")
+    spent_usd: float
+    spent_tokens: int
+    reserved_usd: float = Field(description="Estimates of calls in flight, not yet settled")
+    reserved_tokens: int
+    limit_usd: float | None
+    limit_tokens: int | None
+    left_usd: float | None = Field(description="Limit less spent and reserved (may be < 0)")
+    left_tokens: int | None
+    on_exceed: Literal["suspend", "fail"]
+
+    @classmethod
+    def of(cls, line: BudgetLine) -> BudgetLineOut:
+        return cls(**asdict(line))
+
+
+class BudgetReport(BaseModel):
+    """Spend against each configured budget, this period, by budget and key."""
+
+    at: float = Field(description="The time whose periods these are")
+    lines: list[BudgetLineOut]
+
+
+class ToolDefinitionOut(BaseModel):
+    """What a model is told about an MCP tool: what its hash covers."""
+
+    name: str
+    description: str
+    input_schema: dict[str, JsonValue] = Field(description="The tool's MCP inputSchema")
+
+    @classmethod
+    def of(cls, d: ToolDefinition) -> ToolDefinitionOut:
+        return cls(name=d.name, description=d.description, input_schema=_printable(d.input_schema))
+
+
+class ToolPinOut(BaseModel):
+    """An MCP tool as pinned, and a changed definition waiting for an admin (``pending_*``).
+
+    A ``changed`` tool is withheld from models until its change is accepted (``POST
+    /v1/tools/pins/{server}/{tool}/accept``). ``changed_fields`` names what differs between
+    the pinned and the pending definition; both are here in full to diff.
+    """
+
+    server: str
+    tool: str
+    status: Literal["pinned", "changed"]
+    hash: str = Field(description="sha256 of the pinned definition")
+    definition: ToolDefinitionOut
+    pending_hash: str | None = Field(description="sha256 of the changed definition, if any")
+    pending_definition: ToolDefinitionOut | None
+    changed_fields: list[Literal["name", "description", "input_schema"]]
+    first_seen_at: float
+    accepted_at: float
+    accepted_by: str = Field(description="The run that first pinned it, or the admin")
+    pending_seen_at: float | None
+
+    @classmethod
+    def of(cls, p: ToolPin) -> ToolPinOut:
+        pending = p.pending_definition
+        changed: list[Literal["name", "description", "input_schema"]] = []
+        if pending is not None:
+            if pending.name != p.definition.name:
+                changed.append("name")
+            if pending.description != p.definition.description:
+                changed.append("description")
+            if pending.input_schema != p.definition.input_schema:
+                changed.append("input_schema")
+        return cls(
+            server=p.server,
+            tool=p.tool,
+            status="changed" if p.changed else "pinned",
+            hash=p.hash,
+            definition=ToolDefinitionOut.of(p.definition),
+            pending_hash=p.pending_hash,
+            pending_definition=None if pending is None else ToolDefinitionOut.of(pending),
+            changed_fields=changed,
+            first_seen_at=p.first_seen_at,
+            accepted_at=p.accepted_at,
+            accepted_by=p.accepted_by,
+            pending_seen_at=p.pending_seen_at,
+        )
+
+
+class ToolPinList(BaseModel):
+    """Pinned MCP tools by server and name; ``changed`` ones are withheld from models."""
+
+    pins: list[ToolPinOut]
+
+
+class AcceptChange(_Body):
+    """``POST /v1/tools/pins/{server}/{tool}/accept``: the pending hash that was reviewed."""
+
+    hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{6,64}$")] | None = Field(
+        default=None,
+        description="A prefix (6 or more hex digits) of the pending hash you reviewed: accept "
+        "only that change (409 if the tool changed again since)",
+    )
 
 
 class ApprovalOut(BaseModel):

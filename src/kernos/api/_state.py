@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from kernos.governance import Budget
 from kernos.kernel import Client
 from kernos.store import SchemaStatus, Store
 
@@ -59,6 +60,8 @@ class Services:
     feed: JournalFeed
     readiness: Readiness
     config: ApiConfig
+    #: ``[[budgets]]`` of kernos.toml, as read when the app was created
+    budgets: tuple[Budget, ...] = ()
 
 
 class ApiState:

@@ -17,10 +17,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from kernos.errors import KernosError, UsageError
 from kernos.gateway import GROUPS, cost_report, default_services
-from kernos.governance import governor_from_config, notifier_from_config, redactor_from_config
+from kernos.governance import (
+    BudgetLine,
+    budget_report,
+    governor_from_config,
+    load_budgets,
+    notifier_from_config,
+    redactor_from_config,
+)
 from kernos.kernel import (
     REGISTRY,
     CallService,
@@ -50,7 +58,7 @@ from ._common import (
     err,
     out,
 )
-from ._oversight import approvals_app, audit_app, budgets, keys_app
+from ._oversight import approvals_app, audit_app, keys_app
 from ._policy import policy_app
 from ._render import (
     costs_table,
@@ -88,7 +96,6 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(tools_app, name="tools")
 app.command()(serve)
-app.command()(budgets)
 
 
 def _parse(text: str, what: str) -> Any:
@@ -432,6 +439,44 @@ async def costs(
         out.print(dumps([asdict(line) for line in lines]))
     else:
         out.print(costs_table(lines, by))
+
+
+@app.command()
+@command
+async def budgets(as_json: JsonOpt = False, database: DbOpt = None) -> None:
+    """Spend against each budget of kernos.toml ([[budgets]]), this period: what is spent,
+    what calls in flight have reserved, and what is left."""
+    configured = load_budgets()
+    async with await _client(database) as client:
+        lines = await budget_report(client.store, configured)
+    if as_json:
+        out.print(dumps([asdict(line) for line in lines]))
+    elif not configured:
+        out.print("no budgets: add [[budgets]] to kernos.toml")
+    else:
+        out.print(_budgets_table(lines) if lines else "no spend against any budget this period")
+
+
+def _budgets_table(lines: list[BudgetLine]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("BUDGET", "FOR", "PERIOD", "SPENT", "RESERVED", "LIMIT", "LEFT", "THEN"):
+        table.add_column(column)
+    for line in lines:
+        limit = (
+            f"${line.limit_usd:g}" if line.limit_usd is not None else f"{line.limit_tokens:,} tok"
+        )
+        left = f"${line.left_usd:.4f}" if line.left_usd is not None else f"{line.left_tokens:,} tok"
+        table.add_row(
+            line.budget,
+            f"{line.per} {line.key}",
+            line.period,
+            f"${line.spent_usd:.4f} / {line.spent_tokens:,} tok",
+            f"${line.reserved_usd:.4f}",
+            limit,
+            left,
+            line.on_exceed,
+        )
+    return table
 
 
 # -- schedules --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ See DESIGN.md, "Oversight and governance". Checks come before effects (guarantee
 kernel asks this layer before each tool and LLM call, and each decision is journaled.
 """
 
+from kernos.governance._budgets import BudgetLine, budget_report
 from kernos.governance._governor import Budget, Governor, governor_from_config, load_budgets
 from kernos.governance._policy import (
     EFFECTS,
@@ -43,6 +44,7 @@ __all__ = [
     "EFFECTS",
     "OPTIONAL_PATTERNS",
     "Budget",
+    "BudgetLine",
     "Decision",
     "Effect",
     "Governor",
@@ -58,6 +60,7 @@ __all__ = [
     "TargetRefused",
     "TenantRedaction",
     "WebhookNotifier",
+    "budget_report",
     "governor_from_config",
     "load_budgets",
     "load_policy",
