@@ -23,6 +23,7 @@ from kernos.errors import KernosError, UsageError
 from kernos.gateway import GROUPS, cost_report, default_services
 from kernos.governance import (
     BudgetLine,
+    audit_config,
     budget_report,
     governor_from_config,
     load_budgets,
@@ -391,23 +392,24 @@ async def _run_worker(
     notifier: Notifier | None,
 ) -> None:
     client = await connect(url, settings=settings, registry=REGISTRY)
-    redactor = redactor_from_config()  # [redaction]: secrets always, PII per tenant
-    gatekeeper = governor_from_config(client.store, redactor=redactor)  # [policy], [[budgets]]
-    w = Worker(
-        client.store,
-        REGISTRY,
-        config,
-        services=services,
-        notifier=notifier,
-        gatekeeper=gatekeeper,
-        redactor=redactor,
-    )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, w.stop)
-    agents = ", ".join(f"{n}@{v}" for n, v in REGISTRY.keys())
-    err.print(f"[bold]kernos worker[/] {escape(f'{w.id} on {client.store.url}: {agents}')}")
     try:
+        await audit_config(client.store, process="kernos worker")  # config.changed, if it did
+        redactor = redactor_from_config()  # [redaction]: secrets always, PII per tenant
+        gatekeeper = governor_from_config(client.store, redactor=redactor)  # [policy], [[budgets]]
+        w = Worker(
+            client.store,
+            REGISTRY,
+            config,
+            services=services,
+            notifier=notifier,
+            gatekeeper=gatekeeper,
+            redactor=redactor,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, w.stop)
+        agents = ", ".join(f"{n}@{v}" for n, v in REGISTRY.keys())
+        err.print(f"[bold]kernos worker[/] {escape(f'{w.id} on {client.store.url}: {agents}')}")
         await w.run()
     finally:
         await client.close()

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from kernos.api import create_app
 from kernos.errors import InfrastructureError, KernosError, UsageError
+from kernos.governance import audit_config
 from kernos.kernel import REGISTRY, connect, load_app, load_settings
 
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
@@ -44,10 +45,12 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
 ) -> None:
-    """Serve the HTTP API: runs, events (SSE), approvals, costs, audit; /openapi.json.
+    """Serve the HTTP API: runs, events (SSE), approvals, costs, budgets, audit, MCP tool
+    pins; /openapi.json.
 
     Every /v1 route needs an API key (kernos keys create). The database is migrated once before
-    the server starts; with --workers N, N processes share the port.
+    the server starts, and kernos.toml is audited (config.changed) if it changed since last
+    recorded; with --workers N, N processes share the port.
     """
     try:
         settings = load_settings()
@@ -90,6 +93,11 @@ def _exit_code(exc: KernosError) -> int:
 
 async def _prepare(url: str) -> None:
     """Open and migrate the database once, so that a wrong URL or a database that is down is
-    one clear line here rather than a traceback from each server process."""
+    one clear line here rather than a traceback from each server process; and audit the
+    config file if it changed since last recorded (``config.changed``), once per start
+    however many server processes follow."""
     client = await connect(url)
-    await client.close()
+    try:
+        await audit_config(client.store, process="kernos serve")
+    finally:
+        await client.close()

@@ -5,6 +5,7 @@ kernel asks this layer before each tool and LLM call, and each decision is journ
 """
 
 from kernos.governance._budgets import BudgetLine, budget_report
+from kernos.governance._config_audit import CONFIG_CHANGED, audit_config, config_actor
 from kernos.governance._governor import Budget, Governor, governor_from_config, load_budgets
 from kernos.governance._policy import (
     EFFECTS,
@@ -41,6 +42,7 @@ from kernos.governance._webhooks import (
 
 __all__ = [
     "ALWAYS_ON_PATTERNS",
+    "CONFIG_CHANGED",
     "EFFECTS",
     "OPTIONAL_PATTERNS",
     "Budget",
@@ -60,7 +62,9 @@ __all__ = [
     "TargetRefused",
     "TenantRedaction",
     "WebhookNotifier",
+    "audit_config",
     "budget_report",
+    "config_actor",
     "governor_from_config",
     "load_budgets",
     "load_policy",
