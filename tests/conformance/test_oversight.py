@@ -19,6 +19,7 @@ from kernos.store import (
     BudgetCharge,
     Event,
     NewApproval,
+    Notification,
     RunState,
     SqlStore,
     SuspendResult,
@@ -370,3 +371,78 @@ async def test_a_run_that_ends_gives_back_what_its_calls_still_held(store: SqlSt
     assert usage[0].reserved_usd == 2.0  # the other run's reservation stands
     assert await store.held_budget(f"{run_id}:2") == []
     assert [c.usd for c in await store.held_budget("other:1")] == [2.0]
+
+
+# -- escalation and the notification outbox ---------------------------------------------------
+
+
+async def _ask_escalating(store: SqlStore) -> tuple[str, int, str]:
+    run_id, token = await claim_one(store)
+    approval = await store.request_approval(
+        run_id,
+        token,
+        events=[Event(seq=2, type="approval_requested", step=4, name="wire")],
+        approval=NewApproval(
+            run_id=run_id,
+            step=4,
+            tenant="acme",
+            kind="question",
+            question="Wire 9,000 EUR?",
+            expires_at=1.0,  # long past
+            escalates=True,
+        ),
+        notify=[Notification(id="n1", topic="run.needs_person", tenant="acme", body={"a": 1})],
+    )
+    return run_id, token, approval.id
+
+
+async def test_an_escalating_deadline_still_takes_a_persons_decision(store: SqlStore) -> None:
+    _, _, approval_id = await _ask_escalating(store)
+    decided = await store.decide_approval(approval_id, approve=True, by="lead")
+    assert decided.state == ApprovalState.APPROVED
+
+
+async def test_escalation_is_fenced_audited_once_and_yields_to_a_decision(store: SqlStore) -> None:
+    run_id, token, approval_id = await _ask_escalating(store)
+    event = Event(seq=3, type="approval_escalated", step=4, name="wire")
+    with pytest.raises(LeaseLost):
+        await store.escalate_approval(
+            run_id, token + 1, approval_id=approval_id, events=[event], expires_at=None, by="t"
+        )
+    assert (await store.get_approval(approval_id)).escalated_at is None
+    escalated = await store.escalate_approval(
+        run_id,
+        token,
+        approval_id=approval_id,
+        events=[event],
+        expires_at=None,
+        by="kernos:timeout",
+        notify=[Notification(id="n2", topic="approval.escalated", tenant="acme", body={})],
+    )
+    assert escalated.escalated_at is not None and escalated.expires_at is None
+    assert "approval_escalated" in [e.type for e in await store.load_journal(run_id)]
+    assert ("kernos:timeout", "approval.escalate") in [
+        (e.actor, e.action) for e in await store.list_audit()
+    ]
+    with pytest.raises(InvalidState):  # once
+        await store.escalate_approval(
+            run_id, token, approval_id=approval_id, events=[], expires_at=None, by="t"
+        )
+    await store.decide_approval(approval_id, approve=False, by="lead", reason="no")
+    assert [n.id for n in await store.list_notifications(pending=True)] == ["n1", "n2"]
+
+
+async def test_notifications_are_claimed_once_retried_and_given_up(store: SqlStore) -> None:
+    await _ask_escalating(store)
+    [claimed] = await store.claim_notifications(limit=5, hold=30)
+    assert claimed.id == "n1" and claimed.attempts == 1 and claimed.body == {"a": 1}
+    assert await store.claim_notifications(limit=5, hold=30) == []  # held by its claimer
+    await store.settle_notification("n1", delivered=False, error="HTTP 503", retry_at=0.0)
+    [again] = await store.claim_notifications(limit=5, hold=30)
+    assert again.attempts == 2
+    await store.settle_notification("n1", delivered=False, error="HTTP 410")  # given up
+    [gone] = await store.list_notifications()
+    assert gone.failed_at is not None and gone.last_error == "HTTP 410"
+    assert await store.list_notifications(pending=True) == []
+    assert await store.claim_notifications(limit=5, hold=30) == []
+

@@ -5,56 +5,30 @@ configuration says so."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _webhook_support import Receiver
 
 import kernos
 from kernos.errors import ConfigError
 from kernos.governance import WebhookNotifier, notifier_from_config, verify
 from kernos.kernel import Client, Registry
+from kernos.store import Notification
 from kernos.testing import FAST, running_worker, wait_until
 
 SECRET = "whsec-test-0123456789"
 
 
-class Receiver:
-    """A real HTTP server on 127.0.0.1 that records what it gets; answers from ``statuses``."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/kernos"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver([])
+    r = Receiver()
     try:
         yield r
     finally:
-        r.server.shutdown()
-        r.server.server_close()
+        r.close()
 
 
 async def test_a_run_waiting_for_a_person_sends_a_signed_webhook(
@@ -76,18 +50,50 @@ async def test_a_run_waiting_for_a_person_sends_a_signed_webhook(
     assert sent["approval"]["run_id"] == run.id and sent["approval"]["tenant"] == "acme"
     assert sent["approval"]["question"] == "Ship the order to a new address?"
     assert len(receiver.got) == 1  # once, not on every replay
+    assert sent["id"] == f"{sent['approval']['id']}:needs_person"
 
 
-async def test_failed_deliveries_are_retried_and_refusals_are_not(receiver: Receiver) -> None:
-    receiver.statuses = [500, 503, 200]
-    notifier = WebhookNotifier(receiver.url, SECRET, allow_private=True, backoff_base=0.01)
-    assert await notifier.deliver({"event": "test"})
-    assert len(receiver.got) == 3
-    receiver.got.clear()
-    receiver.statuses = [400]
-    assert not await notifier.deliver({"event": "test"})
-    assert len(receiver.got) == 1  # a 4xx is the receiver's answer: not retried
+def note(event: str = "run.needs_person") -> Notification:
+    return Notification(id="r1:3:needs_person", topic=event, tenant="acme", body={"event": event})
+
+
+async def test_each_delivery_is_one_attempt_whose_outcome_says_whether_to_retry(
+    receiver: Receiver,
+) -> None:
+    receiver.statuses = [500, 429, 400, 200]
+    notifier = WebhookNotifier(receiver.url, SECRET, allow_private=True)
+    server_error = await notifier.deliver(note())
+    assert (server_error.delivered, server_error.retry) == (False, True)
+    assert "HTTP 500" in (server_error.error or "")
+    limited = await notifier.deliver(note())
+    assert limited.retry and limited.retry_after == 0.2  # Retry-After read
+    refused = await notifier.deliver(note())
+    assert (refused.delivered, refused.retry) == (False, False)  # a 4xx: not retried
+    assert (await notifier.deliver(note())).delivered
+    assert len(receiver.got) == 4  # one request per call: retries are the pump's
     await notifier.aclose()
+
+
+async def test_failed_deliveries_are_retried_by_the_pump_until_delivered(
+    client: Client, registry: Registry, receiver: Receiver
+) -> None:
+    @kernos.agent("asker", registry=registry)
+    async def asker(ctx: kernos.RunContext, _: Any) -> bool:
+        return (await ctx.ask_human("Close the account?")).approved
+
+    receiver.statuses = [500, 503, 200]
+    notifier = WebhookNotifier(receiver.url, SECRET, allow_private=True)
+    async with running_worker(client, registry, FAST, services={}, notifier=notifier):
+        await client.start("asker", None)
+
+        async def delivered() -> bool:
+            sent = await client.store.list_notifications()
+            return bool(sent) and sent[0].delivered_at is not None
+
+        await wait_until(delivered, timeout=30, what="the third attempt delivered")
+    [sent] = await client.store.list_notifications()
+    assert sent.attempts == 3 and len(receiver.got) == 3
+    assert {b["id"] for b in receiver.bodies()} == {sent.id}  # receivers deduplicate by id
 
 
 @pytest.mark.parametrize(
@@ -102,8 +108,10 @@ async def test_failed_deliveries_are_retried_and_refusals_are_not(receiver: Rece
 )
 async def test_private_targets_are_refused_unless_allowed(receiver: Receiver, url: str) -> None:
     port = receiver.url.split(":")[2].split("/")[0]
-    notifier = WebhookNotifier(url.format(port=port), SECRET, backoff_base=0.01)
-    assert not await notifier.deliver({"event": "test"})
+    notifier = WebhookNotifier(url.format(port=port), SECRET)
+    refused = await notifier.deliver(note())
+    assert (refused.delivered, refused.retry) == (False, False)
+    assert "allow_private" in (refused.error or "")
     assert receiver.got == []
     await notifier.aclose()
 

@@ -14,7 +14,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints, overload
+from typing import Any, Literal, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -48,6 +48,10 @@ class Tool:
     requires_approval: bool | Callable[[Mapping[str, Any]], bool] = False
     #: seconds a call waits for its approval before it is rejected (None: no limit)
     approval_timeout: float | None = None
+    #: what that deadline does: reject the call, or escalate (people are told again) and
+    #: reject only ``escalation_timeout`` seconds later (None: wait for a person)
+    on_approval_timeout: Literal["reject", "escalate"] = "reject"
+    escalation_timeout: float | None = None
     #: validates the model's arguments; built from the signature for a Python function,
     #: from the server's JSON schema for an MCP tool. None: passed on as they are.
     check: Callable[[Mapping[str, Any]], dict[str, Any]] | None = field(repr=False, default=None)
@@ -109,6 +113,8 @@ def tool(
     timeout: float | None = None,
     requires_approval: bool | Callable[[Mapping[str, Any]], bool] = False,
     approval_timeout: float | None = None,
+    on_approval_timeout: Literal["reject", "escalate"] = "reject",
+    escalation_timeout: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -122,6 +128,8 @@ def tool(
     timeout: float | None = None,
     requires_approval: bool | Callable[[Mapping[str, Any]], bool] = False,
     approval_timeout: float | None = None,
+    on_approval_timeout: Literal["reject", "escalate"] = "reject",
+    escalation_timeout: float | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a function a tool: ``@tool`` or ``@tool(idempotent=True, timeout=10)``;
     ``requires_approval=True`` (or a predicate over the arguments) has a person approve each
@@ -136,6 +144,8 @@ def tool(
             timeout=timeout,
             requires_approval=requires_approval,
             approval_timeout=approval_timeout,
+            on_approval_timeout=on_approval_timeout,
+            escalation_timeout=escalation_timeout,
         )
 
     return make(fn) if fn is not None else make
@@ -150,6 +160,8 @@ def as_tool(
     timeout: float | None = None,
     requires_approval: bool | Callable[[Mapping[str, Any]], bool] = False,
     approval_timeout: float | None = None,
+    on_approval_timeout: Literal["reject", "escalate"] = "reject",
+    escalation_timeout: float | None = None,
 ) -> Tool:
     """A ``Tool`` for ``fn`` (a ``Tool`` is returned as it is)."""
     if isinstance(fn, Tool):
@@ -164,6 +176,11 @@ def as_tool(
         )
     if timeout is not None and timeout <= 0:
         raise UsageError(f"the timeout of tool {tool_name!r} must be positive, not {timeout}")
+    if on_approval_timeout not in ("reject", "escalate"):
+        raise UsageError(
+            f"tool {tool_name!r}: on_approval_timeout must be 'reject' or 'escalate', not "
+            f"{on_approval_timeout!r}"
+        )
     summary, notes = _docstring(inspect.getdoc(fn) or "")
     arguments = _arguments_model(fn, tool_name, notes)
     return Tool(
@@ -175,6 +192,8 @@ def as_tool(
         timeout=timeout,
         requires_approval=requires_approval,
         approval_timeout=approval_timeout,
+        on_approval_timeout=on_approval_timeout,
+        escalation_timeout=escalation_timeout,
         check=_checker(tool_name, arguments),
     )
 

@@ -407,6 +407,10 @@ class ApprovalOut(BaseModel):
     created_at: float
     expires_at: float | None
     decided_at: float | None
+    escalates: bool = Field(
+        default=False, description="Its first deadline escalates rather than decides"
+    )
+    escalated_at: float | None = Field(default=None, description="When it was escalated")
 
     @classmethod
     def of(cls, a: Approval) -> ApprovalOut:
@@ -426,6 +430,8 @@ class ApprovalOut(BaseModel):
             created_at=a.created_at,
             expires_at=a.expires_at,
             decided_at=a.decided_at,
+            escalates=a.escalates,
+            escalated_at=a.escalated_at,
         )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +17,6 @@ import typer
 from rich.table import Table
 
 from kernos.errors import InvalidInput
-from kernos.governance import load_budgets
 from kernos.kernel import Client, format_time, parse_json
 from kernos.store import Approval, ApprovalState, AuditEntry
 
@@ -65,6 +63,8 @@ def approval_dict(a: Approval) -> dict[str, Any]:
         "created_at": a.created_at,
         "expires_at": a.expires_at,
         "decided_at": a.decided_at,
+        "escalates": a.escalates,
+        "escalated_at": a.escalated_at,
     }
 
 
@@ -92,7 +92,8 @@ async def approvals_list(
     for column in ("ID", "STATE", "KIND", "TENANT", "ASKED", "QUESTION"):
         table.add_column(column)
     for a in found:
-        table.add_row(a.id, a.state.value, a.kind, a.tenant, format_time(a.created_at), a.question)
+        state_text = f"{a.state.value} (escalated)" if a.escalated_at is not None else a.state.value
+        table.add_row(a.id, state_text, a.kind, a.tenant, format_time(a.created_at), a.question)
     out.print(table if found else f"no {state} approvals")
 
 
@@ -337,66 +338,3 @@ async def keys_revoke(
     if not revoked:
         raise InvalidInput(f"no live API key {key_id!r} (see `kernos keys list`)")
     out.print(f"key {key_id} revoked")
-
-
-# -- budgets ----------------------------------------------------------------------------------
-
-
-@command
-async def budgets(as_json: JsonOpt = False, database: DbOpt = None) -> None:
-    """Spend against each budget of kernos.toml ([[budgets]]), this period: what is spent,
-    what calls in flight have reserved, and what is left."""
-    configured = {b.name: b for b in load_budgets()}
-    now = time.time()
-    async with await _client(database) as client:
-        usage = await client.store.budget_usage()
-    rows: list[dict[str, Any]] = []
-    for u in usage:
-        budget = configured.get(u.budget)
-        if budget is None or u.period_start != budget.period_start(now):
-            continue  # an earlier period, or a budget no longer configured
-        left_usd = None if budget.usd is None else budget.usd - u.usd - u.reserved_usd
-        left_tokens = (
-            None if budget.tokens is None else budget.tokens - u.tokens - u.reserved_tokens
-        )
-        rows.append(
-            {
-                "budget": u.budget,
-                "per": budget.per,
-                "key": u.key,
-                "period": budget.period,
-                "spent_usd": round(u.usd, 6),
-                "spent_tokens": u.tokens,
-                "reserved_usd": round(u.reserved_usd, 6),
-                "limit_usd": budget.usd,
-                "limit_tokens": budget.tokens,
-                "left_usd": None if left_usd is None else round(left_usd, 6),
-                "left_tokens": left_tokens,
-                "on_exceed": budget.on_exceed,
-            }
-        )
-    if as_json:
-        out.print(dumps(rows))
-        return
-    if not configured:
-        out.print("no budgets: add [[budgets]] to kernos.toml")
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("BUDGET", "FOR", "PERIOD", "SPENT", "RESERVED", "LIMIT", "LEFT", "THEN"):
-        table.add_column(column)
-    for r in rows:
-        limit = (
-            f"${r['limit_usd']:g}" if r["limit_usd"] is not None else f"{r['limit_tokens']:,} tok"
-        )
-        left = f"${r['left_usd']:.4f}" if r["left_usd"] is not None else f"{r['left_tokens']:,} tok"
-        table.add_row(
-            str(r["budget"]),
-            f"{r['per']} {r['key']}",
-            str(r["period"]),
-            f"${r['spent_usd']:.4f} / {r['spent_tokens']:,} tok",
-            f"${r['reserved_usd']:.4f}",
-            limit,
-            left,
-            str(r["on_exceed"]),
-        )
-    out.print(table if rows else "no spend against any budget this period")

@@ -11,9 +11,11 @@ non-global ranges are refused unless the configuration allows them explicitly: a
 must not become a way to reach the worker's own network. The host is resolved at each
 delivery, so a name that later resolves inside the network is refused too.
 
-Delivery is best effort from the worker that asked (held in memory while it retries): the
-approval itself is durable, and ``kernos approvals list`` shows it whatever happens to the
-notification.
+Each call delivers once: the worker's notification pump (``kernos.kernel.NotificationPump``)
+claims the notification from the store's outbox, where it was queued with the approval it
+announces, and owns the retries, so a notification survives the worker that asked. An
+escalation (``approval.escalated``) goes to ``escalation_url`` when one is configured (the
+people to tell when the first ones did not answer), else to ``webhook_url``.
 """
 
 from __future__ import annotations
@@ -25,27 +27,21 @@ import ipaddress
 import json
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from kernos.errors import ConfigError
 from kernos.gateway import find_config_file, read_config_file
-from kernos.store import Approval
+from kernos.kernel import ESCALATED, Delivery
+from kernos.store import Notification
 
 log = logging.getLogger("kernos.webhooks")
-
-#: attempts per notification, and the backoff between them (seconds)
-MAX_ATTEMPTS = 6
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 30.0
 
 
 class TargetRefused(Exception):
@@ -54,86 +50,64 @@ class TargetRefused(Exception):
 
 @dataclass
 class WebhookNotifier:
-    """Signs and delivers "a run needs a person" notifications to one URL."""
+    """Signs and delivers notifications to a URL (escalations to their own, if given)."""
 
     url: str
     secret: str
     allow_private: bool = False
     timeout: float = 10.0
-    backoff_base: float = BACKOFF_BASE
-    _tasks: set[asyncio.Task[bool]] = field(default_factory=set, repr=False)
+    escalation_url: str | None = None
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(
-                f"notifications.webhook_url: {self.url!r} is not an http(s) URL with a host"
-            )
+        for key, url in (("webhook_url", self.url), ("escalation_url", self.escalation_url)):
+            if url is None:
+                continue
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"notifications.{key}: {url!r} is not an http(s) URL with a host")
         if not self.secret:
             raise ConfigError(
                 "notifications: the webhook needs a secret to sign with (secret_env names the "
                 "environment variable that holds it)"
             )
 
-    async def run_needs_person(self, approval: Approval) -> None:
-        """Deliver in the background (the run's worker does not wait for the receiver)."""
-        body = {
-            "event": "run.needs_person",
-            "approval": {
-                "id": approval.id,
-                "run_id": approval.run_id,
-                "tenant": approval.tenant,
-                "kind": approval.kind,
-                "question": approval.question,
-                "details": approval.details,
-                "expires_at": approval.expires_at,
-                "created_at": approval.created_at,
-            },
-        }
-        task = asyncio.create_task(self.deliver(body), name=f"kernos-webhook-{approval.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def target(self, notification: Notification) -> str:
+        """Where ``notification`` goes."""
+        if notification.topic == ESCALATED and self.escalation_url:
+            return self.escalation_url
+        return self.url
 
-    async def deliver(self, body: Mapping[str, Any]) -> bool:
-        """POST ``body`` signed, retrying transient failures; True once the receiver took it."""
-        text = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                await check_target(self.url, allow_private=self.allow_private)
-                status = await self._post(text)
-            except TargetRefused as exc:
-                log.error("webhook %s refused: %s", self.url, exc)
-                return False
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                problem = f"HTTP {status}"
-                if 200 <= status < 300:
-                    return True
-                if 400 <= status < 500 and status != 429:
-                    log.error("webhook %s rejected the notification: %s", self.url, problem)
-                    return False
-            if attempt < MAX_ATTEMPTS:
-                delay = random.uniform(0, min(BACKOFF_CAP, self.backoff_base * 2 ** (attempt - 1)))
-                log.warning(
-                    "webhook %s: %s (attempt %d); retrying in %.2f s",
-                    self.url,
-                    problem,
-                    attempt,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-        log.error("webhook %s: gave up after %d attempts", self.url, MAX_ATTEMPTS)
-        return False
+    async def deliver(self, notification: Notification) -> Delivery:
+        """One signed POST: delivered on 2xx; to retry after a connection error, a 5xx or a
+        429 (with its ``Retry-After``); refused for good on another 4xx or a forbidden
+        target."""
+        url = self.target(notification)
+        text = json.dumps(notification.body, separators=(",", ":"), sort_keys=True).encode()
+        try:
+            await check_target(url, allow_private=self.allow_private)
+            response = await self._post(url, text)
+        except TargetRefused as exc:
+            log.error("webhook %s refused: %s", url, exc)
+            return Delivery(False, error=str(exc))
+        except httpx.HTTPError as exc:
+            return Delivery(False, retry=True, error=f"{type(exc).__name__}: {exc}")
+        status = response.status_code
+        if 200 <= status < 300:
+            return Delivery(True)
+        problem = f"{url} answered HTTP {status}"
+        if status == 429 or status >= 500:
+            return Delivery(False, retry=True, error=problem, retry_after=_retry_after(response))
+        log.error("webhook %s rejected the notification: HTTP %d", url, status)
+        return Delivery(False, error=problem)
 
-    async def _post(self, body: bytes) -> int:
+    async def _post(self, url: str, body: bytes) -> httpx.Response:
         if self._client is None:
             # No redirects: a redirect could lead the request into a refused range.
             self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
         stamp = str(int(time.time()))
-        response = await self._client.post(
-            self.url,
+        return await self._client.post(
+            url,
             content=body,
             headers={
                 "content-type": "application/json",
@@ -142,16 +116,19 @@ class WebhookNotifier:
                 "x-kernos-signature": f"sha256={sign(self.secret, stamp, body)}",
             },
         )
-        return response.status_code
 
     async def aclose(self) -> None:
-        """Stop retrying and close the connection pool (a worker shutting down)."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Close the connection pool (a worker shutting down)."""
         if self._client is not None:
             await self._client.aclose()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -200,11 +177,17 @@ def notifier_from_config(
         return None
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: notifications must be a table")
-    unknown = set(data) - {"webhook_url", "secret_env", "allow_private", "timeout"}
+    unknown = set(data) - {
+        "webhook_url",
+        "escalation_url",
+        "secret_env",
+        "allow_private",
+        "timeout",
+    }
     if unknown:
         raise ConfigError(
             f"{file}: notifications.{sorted(unknown)[0]}: unknown key (the keys are "
-            f"webhook_url, secret_env, allow_private, timeout)"
+            f"webhook_url, escalation_url, secret_env, allow_private, timeout)"
         )
     url = data.get("webhook_url")
     if not isinstance(url, str):
@@ -222,4 +205,9 @@ def notifier_from_config(
     timeout = data.get("timeout", 10.0)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise ConfigError(f"{file}: notifications.timeout: must be a positive number of seconds")
-    return WebhookNotifier(url, secret, allow_private=allow, timeout=float(timeout))
+    escalation = data.get("escalation_url")
+    if escalation is not None and not isinstance(escalation, str):
+        raise ConfigError(f"{file}: notifications.escalation_url: must be a URL string")
+    return WebhookNotifier(
+        url, secret, allow_private=allow, timeout=float(timeout), escalation_url=escalation
+    )

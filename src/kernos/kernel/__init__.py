@@ -14,7 +14,15 @@ from kernos.kernel._codec import parse_json
 from kernos.kernel._context import ChildHandle, HumanDecision, RunContext
 from kernos.kernel._execution import idempotency_key
 from kernos.kernel._faults import Faults
-from kernos.kernel._memory import Embedder, Notifier, RunMemory, Scrubber
+from kernos.kernel._memory import Embedder, RunMemory, Scrubber
+from kernos.kernel._notify import (
+    ESCALATED,
+    NEEDS_PERSON,
+    Delivery,
+    NotificationPump,
+    Notifier,
+    approval_notification,
+)
 from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_app
 from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._retry import DEFAULT_RETRY, RetryPolicy, retry
@@ -23,6 +31,8 @@ from kernos.kernel._worker import Worker, WorkerConfig, tune_gc
 
 __all__ = [
     "DEFAULT_RETRY",
+    "ESCALATED",
+    "NEEDS_PERSON",
     "REGISTRY",
     "STEP_KINDS",
     "AgentSpec",
@@ -31,12 +41,14 @@ __all__ = [
     "CallService",
     "ChildHandle",
     "Client",
+    "Delivery",
     "DurableCall",
     "DurableTool",
     "Embedder",
     "Faults",
     "Gatekeeper",
     "HumanDecision",
+    "NotificationPump",
     "Notifier",
     "Registry",
     "RetryPolicy",
@@ -48,6 +60,7 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "agent",
+    "approval_notification",
     "connect",
     "format_time",
     "idempotency_key",

@@ -176,9 +176,10 @@ class RunContext:
         schema: type[BaseModel] | Mapping[str, Any] | None = None,
         *,
         timeout: float | timedelta | None = None,
-        on_timeout: Literal["reject", "approve"] = "reject",
+        on_timeout: Literal["reject", "approve", "escalate"] = "reject",
         default: Any = None,
         details: Mapping[str, Any] | None = None,
+        escalation_timeout: float | timedelta | None = None,
     ) -> HumanDecision:
         """Ask a person and wait, durably, for their decision.
 
@@ -186,8 +187,11 @@ class RunContext:
         rejects (``kernos approvals approve|reject ID``, or the API). An approval may carry an
         answer, checked against ``schema`` (a pydantic model, or a JSON schema) before it is
         recorded; with a pydantic model, ``answer`` is an instance of it. After ``timeout``
-        the decision is ``on_timeout`` (with ``default`` as the answer). Decided once: replay
-        returns the recorded decision.
+        the decision is ``on_timeout`` (with ``default`` as the answer). ``"escalate"``: at
+        ``timeout`` the approval is escalated instead (marked so in ``kernos approvals list``,
+        audited, and announced again: ``approval.escalated`` to the webhook's escalation URL)
+        and keeps waiting for a person; after ``escalation_timeout`` more (if given) it is
+        rejected with ``default``. Decided once: replay returns the recorded decision.
         """
         if not isinstance(question, str) or not question.strip():
             raise UsageError("ctx.ask_human needs a question for the person")
@@ -197,13 +201,18 @@ class RunContext:
             if model is not None
             else (dict(schema) if isinstance(schema, Mapping) else None)
         )
+        if on_timeout not in ("reject", "approve", "escalate"):
+            raise UsageError(
+                f"ctx.ask_human: on_timeout must be 'reject', 'approve' or 'escalate', "
+                f"not {on_timeout!r}"
+            )
         seconds = None if timeout is None else _seconds(timeout)
         payload = await self._x.ask_human(
             "question",
             question,
             {**dict(details or {}), **({"schema": json_schema} if json_schema else {})},
             seconds,
-            {"approved": on_timeout == "approve", "answer": default},
+            _on_timeout(on_timeout, default, escalation_timeout),
         )
         return _decision(payload, model)
 
@@ -219,7 +228,11 @@ class RunContext:
             str(question),
             {"tool": tool.name, "arguments": dict(arguments)},
             getattr(tool, "approval_timeout", None),
-            {"approved": False, "answer": None},
+            _on_timeout(
+                getattr(tool, "on_approval_timeout", "reject"),
+                None,
+                getattr(tool, "escalation_timeout", None),
+            ),
         )
         decision = _decision(payload, None)
         if not decision.approved:
@@ -301,3 +314,13 @@ class RunContext:
             )
         except InfrastructureError as exc:
             raise StoreDown(exc) from exc
+
+
+def _on_timeout(
+    on_timeout: str, default: Any, escalation_timeout: float | timedelta | None
+) -> dict[str, Any]:
+    """What the deadline of an approval does, as the execution reads it."""
+    if on_timeout != "escalate":
+        return {"approved": on_timeout == "approve", "answer": default}
+    after = None if escalation_timeout is None else _seconds(escalation_timeout)
+    return {"approved": False, "answer": default, "escalate": True, "escalation_timeout": after}

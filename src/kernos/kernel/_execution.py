@@ -23,7 +23,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
@@ -56,16 +56,22 @@ from kernos.kernel._codec import encode, parse_json, roundtrip
 from kernos.kernel._faults import Faults
 from kernos.kernel._memory import (
     Embedder,
-    Notifier,
     Scrubber,
     hit_of,
     hit_payload,
     new_memory,
 )
+from kernos.kernel._notify import (
+    ESCALATED,
+    NEEDS_PERSON,
+    NotificationPump,
+    approval_notification,
+)
 from kernos.kernel._registry import AgentSpec, Registry
 from kernos.kernel._replay import CANCEL_DELIVERED, History
 from kernos.kernel._retry import policy_of
 from kernos.store import (
+    Approval,
     ApprovalState,
     ApprovalWait,
     ChildWait,
@@ -77,6 +83,7 @@ from kernos.store import (
     MessageWait,
     NewApproval,
     NewRun,
+    Notification,
     RunState,
     Store,
     SuspendResult,
@@ -201,7 +208,7 @@ class Execution:
         faults: Faults,
         services: Mapping[str, CallService] | None = None,
         embedder: Embedder | None = None,
-        notifier: Notifier | None = None,
+        notifications: NotificationPump | None = None,
         gatekeeper: Gatekeeper | None = None,
         redactor: Scrubber | None = None,
     ) -> None:
@@ -211,7 +218,8 @@ class Execution:
             redactor.for_tenant(claim.run.tenant) if redactor is not None else None
         )
         self.embedder = embedder
-        self.notifier = notifier
+        #: the worker's notification pump: approvals queue notifications when there is one
+        self.notifications = notifications
         self.gatekeeper = gatekeeper
         self.services: Mapping[str, CallService] = services or {}
         self.registry = registry
@@ -831,69 +839,51 @@ class Execution:
         on_timeout: dict[str, Any],
         recorded: list[Event],
     ) -> dict[str, Any]:
-        """The approval at ``pos`` (asked now if it was not yet), decided or waited for."""
+        """The approval at ``pos`` (asked now if it was not yet), decided or waited for.
+
+        ``on_timeout``: ``approved`` and ``answer`` are the decision taken at the deadline;
+        with ``escalate``, the first deadline escalates instead (people are told again, the
+        approval is marked escalated) and the decision is taken ``escalation_timeout`` seconds
+        later, if ever."""
         for ev in recorded:
             if ev.type == "approval_decided":
                 return ev.payload
         approval_id = f"{self.run_id}:{pos}"
-        if self.scrub is not None:
-            question, details = self.scrub.text(question), self.scrub.json(details)
+        escalates = bool(on_timeout.get("escalate"))
         requested = next((ev for ev in recorded if ev.type == "approval_requested"), None)
         if requested is None:
             expires_at = None if timeout is None else time.time() + max(0.0, timeout)
-            event = self._event(
-                "approval_requested",
-                step=pos,
-                name=kind,
-                payload={
-                    "id": approval_id,
-                    "question": question,
-                    "details": details,
-                    "expires_at": expires_at,
-                },
-            )
-            try:
-                created = await self.store.request_approval(
-                    self.run_id,
-                    self.token,
-                    events=self._flush([event]),
-                    approval=NewApproval(
-                        run_id=self.run_id,
-                        step=pos,
-                        tenant=self.run.tenant,
-                        kind=kind,
-                        question=question,
-                        details=details,
-                        expires_at=expires_at,
-                    ),
-                )
-            except LeaseLost:
-                self.lost = True
-                raise
-            except InfrastructureError as exc:
-                raise StoreDown(exc) from exc
-            if self.notifier is not None:
-                try:
-                    await self.notifier.run_needs_person(created)
-                except Exception:  # telling people is best effort; the approval stands
-                    log.exception("run %s: the notifier failed", self.run_id)
+            await self._ask(pos, kind, question, details, expires_at, escalates)
         else:
             expires_at = requested.payload.get("expires_at")
+        escalated = next((ev for ev in recorded if ev.type == "approval_escalated"), None)
+        if escalated is not None:
+            expires_at = escalated.payload.get("expires_at")
         approval = await self._store_call(self.store.get_approval, approval_id)
-        if approval.state == ApprovalState.PENDING:
+        while approval.state == ApprovalState.PENDING:
             if expires_at is None or time.time() < expires_at:
                 timer = Timer(pos, expires_at) if expires_at is not None else None
                 await self._quiesce()
                 raise self._suspension(
                     f"approval:{approval_id}", [], timer, ApprovalWait(approval_id)
                 )
+            if escalates and escalated is None:
+                after = on_timeout.get("escalation_timeout")
+                expires_at = None if after is None else time.time() + float(after)
+                escalated = await self._escalate(pos, kind, approval_id, timeout, expires_at)
+                escalates = escalated is not None  # None: a person decided meanwhile
+                approval = await self._store_call(self.store.get_approval, approval_id)
+                continue
+            why = f"no decision within {timeout:g} s" if timeout else "timed out"
+            if escalated is not None:
+                why += ", nor by the escalated deadline"
             try:
                 approval = await self._store_call(
                     self.store.decide_approval,
                     approval_id,
                     approve=bool(on_timeout.get("approved")),
                     by="kernos:timeout",
-                    reason=f"no decision within {timeout:g} s" if timeout else "timed out",
+                    reason=why,
                     answer=on_timeout.get("answer"),
                     expired=True,
                 )
@@ -911,6 +901,97 @@ class Execution:
         }
         await self._write(self._event("approval_decided", step=pos, name=kind, payload=payload))
         return payload
+
+    async def _ask(
+        self,
+        pos: int,
+        kind: str,
+        question: str,
+        details: dict[str, Any],
+        expires_at: float | None,
+        escalates: bool,
+    ) -> None:
+        """Record the approval, its journal event and its notification, atomically."""
+        if self.scrub is not None:
+            question, details = self.scrub.text(question), self.scrub.json(details)
+        new = NewApproval(
+            run_id=self.run_id,
+            step=pos,
+            tenant=self.run.tenant,
+            kind=kind,
+            question=question,
+            details=details,
+            expires_at=expires_at,
+            escalates=escalates,
+        )
+        event = self._event(
+            "approval_requested",
+            step=pos,
+            name=kind,
+            payload={
+                "id": new.id,
+                "question": question,
+                "details": details,
+                "expires_at": expires_at,
+                "escalates": escalates,
+            },
+        )
+        notify = self._notice(new, NEEDS_PERSON)
+        try:
+            await self.store.request_approval(
+                self.run_id, self.token, events=self._flush([event]), approval=new, notify=notify
+            )
+        except LeaseLost:
+            self.lost = True
+            raise
+        except InfrastructureError as exc:
+            raise StoreDown(exc) from exc
+        if notify and self.notifications is not None:
+            self.notifications.wake()
+
+    async def _escalate(
+        self,
+        pos: int,
+        kind: str,
+        approval_id: str,
+        timeout: float | None,
+        expires_at: float | None,
+    ) -> Event | None:
+        """Nobody decided by the deadline: escalate (journaled, audited, people told again).
+        None when a person decided meanwhile."""
+        event = self._event(
+            "approval_escalated",
+            step=pos,
+            name=kind,
+            payload={"id": approval_id, "after": timeout, "expires_at": expires_at},
+        )
+        current = await self._store_call(self.store.get_approval, approval_id)
+        try:
+            await self.store.escalate_approval(
+                self.run_id,
+                self.token,
+                approval_id=approval_id,
+                events=self._flush([event]),
+                expires_at=expires_at,
+                by="kernos:timeout",
+                notify=self._notice(replace(current, expires_at=expires_at), ESCALATED),
+            )
+        except InvalidState:
+            return None
+        except LeaseLost:
+            self.lost = True
+            raise
+        except InfrastructureError as exc:
+            raise StoreDown(exc) from exc
+        if self.notifications is not None:
+            self.notifications.wake()
+        return event
+
+    def _notice(self, approval: NewApproval | Approval, event: str) -> list[Notification]:
+        """The notification to queue with ``approval`` (none when nobody is to be told)."""
+        if self.notifications is None:
+            return []
+        return [approval_notification(approval, event, time.time())]
 
     async def receive(self, topic: str) -> tuple[bool, Any]:
         """Take the next message on ``topic`` if one waits; never waits for one.

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from kernos.errors import UsageError
-from kernos.store import Approval, Memory, MemoryHit, NewMemory
+from kernos.store import Memory, MemoryHit, NewMemory
 
 if TYPE_CHECKING:
     from kernos.kernel._execution import Execution
@@ -42,14 +42,6 @@ class Scrubber(Protocol):
     def text(self, text: str) -> str: ...
 
     def json_text(self, text: str) -> str: ...
-
-
-@runtime_checkable
-class Notifier(Protocol):
-    """Tells people that a run needs one of them (a webhook, a chat message). Called once per
-    approval, right after it is recorded; must not block (deliver in the background)."""
-
-    async def run_needs_person(self, approval: Approval) -> None: ...
 
 
 class RunMemory:

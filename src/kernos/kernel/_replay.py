@@ -33,6 +33,7 @@ KIND_OF = {
     "mailbox_empty": "receive",
     "note": "note",
     "approval_requested": "approval",
+    "approval_escalated": "approval",
     "approval_decided": "approval",
     "memory_put": "memory_put",
     "memory_search": "memory_search",

@@ -24,7 +24,8 @@ from kernos.kernel._calls import CallService, Gatekeeper
 from kernos.kernel._cron import next_fire
 from kernos.kernel._execution import Execution, WorkerSignals
 from kernos.kernel._faults import Faults
-from kernos.kernel._memory import Embedder, Notifier, Scrubber
+from kernos.kernel._memory import Embedder, Scrubber
+from kernos.kernel._notify import NotificationPump, Notifier
 from kernos.kernel._registry import Registry
 from kernos.store import Claim, Store, new_run_id
 
@@ -92,6 +93,12 @@ class Worker:
         self.services: dict[str, CallService] = dict(services or {})
         self.registry = registry
         self.config = config or WorkerConfig()
+        #: delivers the outbox's notifications through ``notifier`` (none without one)
+        self.notifications = (
+            NotificationPump(store, notifier, poll_interval=max(1.0, self.config.poll_interval))
+            if notifier is not None
+            else None
+        )
         self.id = self.config.worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{new_run_id()[-6:].lower()}"
         )
@@ -119,15 +126,22 @@ class Worker:
     async def run(self) -> None:
         await self.store.register_agents(self.registry.keys())
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="kernos-heartbeat")
+        pump = (
+            asyncio.create_task(self.notifications.run(), name="kernos-notifications")
+            if self.notifications is not None
+            else None
+        )
         self.started.set()
         log.info("worker %s started (concurrency %d)", self.id, self.config.concurrency)
         try:
             await self._claim_loop()
             await self._drain()
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, pump):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self._close_services()
             self._stopped.set()
             log.info("worker %s stopped", self.id)
@@ -195,7 +209,7 @@ class Worker:
             self.config.faults,
             self.services,
             self.embedder,
-            self.notifier,
+            self.notifications,
             self.gatekeeper,
             self.redactor,
         )

@@ -40,7 +40,7 @@ AUDIT_LOCK = 7_431_902_011
 ROLES = ("viewer", "operator", "approver", "admin")
 _APPROVAL_COLUMNS = (
     "id, run_id, step, tenant, kind, question, details, state, decided_by, reason, answer, "
-    "created_at, expires_at, decided_at"
+    "created_at, expires_at, decided_at, escalates, escalated_at"
 )
 _AUDIT_COLUMNS = "seq, at, actor, tenant, action, target, details, prev_hash, hash"
 _KEY_COLUMNS = "id, name, tenant, role, created_at, revoked_at"
@@ -56,7 +56,7 @@ def insert_approval(tx: Tx, new: NewApproval, now: float) -> Approval:
         return existing
     tx.execute(
         f"INSERT INTO kernos_approvals ({_APPROVAL_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, NULL, ?, ?, NULL)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, NULL, ?, ?, NULL, ?, NULL)",
         (
             new.id,
             new.run_id,
@@ -67,6 +67,7 @@ def insert_approval(tx: Tx, new: NewApproval, now: float) -> Approval:
             json.dumps(new.details, separators=(",", ":")),
             now,
             new.expires_at,
+            1 if new.escalates else 0,
         ),
     )
     approval = get_approval(tx, new.id)
@@ -120,7 +121,13 @@ def decide_approval(
             f"approval {approval_id} was already {found.state.value}{who}; this decision was "
             f"not recorded (kernos approvals show {approval_id})"
         )
-    if found.expires_at is not None and now >= found.expires_at and state != ApprovalState.EXPIRED:
+    escalation_due = found.escalates and found.escalated_at is None
+    if (
+        found.expires_at is not None
+        and now >= found.expires_at
+        and state != ApprovalState.EXPIRED
+        and not escalation_due  # past a deadline that escalates, a person is still welcome
+    ):
         raise InvalidState(
             f"approval {approval_id} expired at its deadline; the run took its declared "
             f"default or escalated, and this decision was not recorded"
@@ -142,6 +149,25 @@ def decide_approval(
     return decided
 
 
+def escalate_approval(
+    tx: Tx, approval_id: str, *, expires_at: float | None, lock: str, now: float
+) -> Approval:
+    """Mark the approval escalated with its new deadline; ``InvalidState`` if a person
+    decided it meanwhile (theirs stands) or it was escalated already."""
+    found = get_approval(tx, approval_id, lock)
+    if found is None:
+        raise ApprovalNotFound(approval_id)
+    if found.state != ApprovalState.PENDING or found.escalated_at is not None:
+        raise InvalidState(f"approval {approval_id} is {found.state.value}; not escalated")
+    tx.execute(
+        "UPDATE kernos_approvals SET escalated_at = ?, expires_at = ? WHERE id = ?",
+        (now, expires_at, approval_id),
+    )
+    escalated = get_approval(tx, approval_id)
+    assert escalated is not None
+    return escalated
+
+
 def _approval(row: Sequence[Any]) -> Approval:
     return Approval(
         id=row[0],
@@ -158,6 +184,8 @@ def _approval(row: Sequence[Any]) -> Approval:
         created_at=float(row[11]),
         expires_at=None if row[12] is None else float(row[12]),
         decided_at=None if row[13] is None else float(row[13]),
+        escalates=bool(row[14]),
+        escalated_at=None if row[15] is None else float(row[15]),
     )
 
 

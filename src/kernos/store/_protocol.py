@@ -33,6 +33,7 @@ from kernos.store._records import (
     NewApproval,
     NewMemory,
     NewRun,
+    Notification,
     PinStatus,
     Run,
     RunState,
@@ -171,8 +172,39 @@ class Store(Protocol):
         self, run_id: str, topic: str, payload: str, *, sender: str | None = None
     ) -> Message: ...
     async def request_approval(
-        self, run_id: str, token: int, *, events: Sequence[Event], approval: NewApproval
+        self,
+        run_id: str,
+        token: int,
+        *,
+        events: Sequence[Event],
+        approval: NewApproval,
+        notify: Sequence[Notification] = (),
     ) -> Approval: ...
+    async def escalate_approval(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        approval_id: str,
+        events: Sequence[Event],
+        expires_at: float | None,
+        by: str,
+        notify: Sequence[Notification] = (),
+    ) -> Approval: ...
+    async def claim_notifications(
+        self, *, limit: int = 10, hold: float = 60.0
+    ) -> list[Notification]: ...
+    async def settle_notification(
+        self,
+        notification_id: str,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> None: ...
+    async def list_notifications(
+        self, *, pending: bool = False, limit: int = 100
+    ) -> list[Notification]: ...
     async def get_approval(self, approval_id: str, *, tenant: str | None = None) -> Approval: ...
     async def list_approvals(
         self,

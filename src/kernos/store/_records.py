@@ -209,6 +209,8 @@ class NewApproval:
     question: str
     details: dict[str, Any] = field(default_factory=dict)
     expires_at: float | None = None
+    #: the deadline escalates (tells more people, waits longer) rather than decides
+    escalates: bool = False
 
     @property
     def id(self) -> str:
@@ -232,6 +234,10 @@ class Approval:
     created_at: float
     expires_at: float | None
     decided_at: float | None
+    #: its first deadline escalates rather than decides
+    escalates: bool = False
+    #: when it was escalated (None: not, or not yet)
+    escalated_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,3 +407,20 @@ class ToolPin:
     def changed(self) -> bool:
         """A different definition is waiting for an admin."""
         return self.pending_hash is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """Something to tell people (a webhook), committed with what it announces and delivered
+    by whichever worker claims it. ``id`` makes it once (``<approval id>:needs_person``)."""
+
+    id: str
+    topic: str
+    tenant: str | None
+    body: dict[str, Any]
+    attempts: int = 0
+    created_at: float = 0.0
+    next_at: float = 0.0
+    delivered_at: float | None = None
+    failed_at: float | None = None
+    last_error: str | None = None

@@ -50,9 +50,16 @@ from kernos.store._memory import (
     query_terms,
     unpack_embedding,
 )
+from kernos.store._outbox import (
+    claim_notifications,
+    insert_notifications,
+    list_notifications,
+    settle_notification,
+)
 from kernos.store._oversight import (
     append_audit,
     decide_approval,
+    escalate_approval,
     find_api_key,
     get_approval,
     held_budget,
@@ -99,6 +106,7 @@ from kernos.store._records import (
     NewApproval,
     NewMemory,
     NewRun,
+    Notification,
     PinStatus,
     Run,
     RunState,
@@ -1467,21 +1475,143 @@ class SqlStore:
     # -- oversight: approvals, the audit log, API keys ------------------------------------
 
     def _request_approval(
-        self, run_id: str, token: int, events: Sequence[Event], new: NewApproval
+        self,
+        run_id: str,
+        token: int,
+        events: Sequence[Event],
+        new: NewApproval,
+        notify: Sequence[Notification],
     ) -> Approval:
+        now = time.time()
         with self._d.write() as tx:
             self._own(tx, run_id, token)
             self._insert_events(tx, run_id, events)
-            return insert_approval(tx, new, time.time())
+            insert_notifications(tx, notify, now)
+            return insert_approval(tx, new, now)
 
     async def request_approval(
-        self, run_id: str, token: int, *, events: Sequence[Event], approval: NewApproval
+        self,
+        run_id: str,
+        token: int,
+        *,
+        events: Sequence[Event],
+        approval: NewApproval,
+        notify: Sequence[Notification] = (),
     ) -> Approval:
         """Create a pending approval for a run's step and journal it, atomically (fenced: only
-        the run's owner asks). Asking again for the same step returns the same approval."""
+        the run's owner asks), with the notifications that announce it (``notify``, queued
+        in the outbox). Asking again for the same step returns the same approval."""
         self._check_events(events)
         self.check_size(f"the approval request of run {run_id}", json.dumps(approval.details))
-        return await self._call(self._request_approval, run_id, token, list(events), approval)
+        return await self._call(
+            self._request_approval, run_id, token, list(events), approval, list(notify)
+        )
+
+    def _escalate_approval(
+        self,
+        run_id: str,
+        token: int,
+        events: Sequence[Event],
+        approval_id: str,
+        expires_at: float | None,
+        by: str,
+        notify: Sequence[Notification],
+    ) -> Approval:
+        now = time.time()
+        with self._d.write() as tx:
+            self._own(tx, run_id, token)
+            escalated = escalate_approval(
+                tx, approval_id, expires_at=expires_at, lock=self._d.lock_rows, now=now
+            )
+            self._insert_events(tx, run_id, events)
+            insert_notifications(tx, notify, now)
+            append_audit(
+                tx,
+                postgres=self._d.name == "postgresql",
+                actor=by,
+                action="approval.escalate",
+                tenant=escalated.tenant,
+                target=approval_id,
+                details={"run": run_id, "expires_at": expires_at},
+                now=now,
+            )
+            return escalated
+
+    async def escalate_approval(
+        self,
+        run_id: str,
+        token: int,
+        *,
+        approval_id: str,
+        events: Sequence[Event],
+        expires_at: float | None,
+        by: str,
+        notify: Sequence[Notification] = (),
+    ) -> Approval:
+        """Nobody decided by the deadline, and the deadline escalates: mark the approval
+        escalated with its new deadline, journal it, audit it and queue ``notify``, atomically
+        (fenced). ``InvalidState`` when a person decided meanwhile: their decision stands."""
+        self._check_events(events)
+        return await self._call(
+            self._escalate_approval,
+            run_id,
+            token,
+            list(events),
+            approval_id,
+            expires_at,
+            by,
+            list(notify),
+        )
+
+    # -- the notification outbox -------------------------------------------------------------
+
+    def _claim_notifications(self, limit: int, hold: float) -> list[Notification]:
+        with self._d.write() as tx:
+            return claim_notifications(
+                tx, limit=limit, hold=hold, now=time.time(), lock_skip=self._d.lock_skip
+            )
+
+    async def claim_notifications(
+        self, *, limit: int = 10, hold: float = 60.0
+    ) -> list[Notification]:
+        """Due notifications, each claimed for ``hold`` seconds (an attempt): a worker that
+        dies holding them lets them go when the claim runs out."""
+        return await self._call(self._claim_notifications, limit, hold)
+
+    def _settle_notification(
+        self, notification_id: str, delivered: bool, error: str | None, retry_at: float | None
+    ) -> None:
+        with self._d.write() as tx:
+            settle_notification(
+                tx,
+                notification_id,
+                delivered=delivered,
+                error=error,
+                retry_at=retry_at,
+                now=time.time(),
+            )
+
+    async def settle_notification(
+        self,
+        notification_id: str,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        """An attempt's outcome: delivered; failed and to retry at ``retry_at``; or (neither)
+        given up, with ``error`` kept for the operator."""
+        await self._call(self._settle_notification, notification_id, delivered, error, retry_at)
+
+    def _list_notifications(self, pending: bool, limit: int) -> list[Notification]:
+        with self._d.read() as tx:
+            return list_notifications(tx, pending=pending, limit=limit)
+
+    async def list_notifications(
+        self, *, pending: bool = False, limit: int = 100
+    ) -> list[Notification]:
+        """The outbox, oldest first (``pending``: only what is still to deliver)."""
+        return await self._call(self._list_notifications, pending, limit)
 
     def _get_approval(self, approval_id: str, tenant: str | None) -> Approval:
         with self._d.read() as tx:
