@@ -446,3 +446,32 @@ async def test_notifications_are_claimed_once_retried_and_given_up(store: SqlSto
     assert await store.list_notifications(pending=True) == []
     assert await store.claim_notifications(limit=5, hold=30) == []
 
+
+async def test_a_decision_waits_for_a_suspension_in_progress_and_then_wakes_the_run(
+    store: SqlStore, db_url: str
+) -> None:
+    """The lost wake-up: a run suspending (its row locked, the approval read as pending) while
+    a person decides. The decision must wait for the run's row, then find it waiting and wake
+    it; were it not to, the run would wait for a decision already made, forever."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: the two transactions cannot interleave")
+    import psycopg
+
+    run_id, _, approval_id = await ask(store)
+    with psycopg.connect(db_url, autocommit=False) as suspending:
+        suspending.execute("SELECT state FROM kernos_runs WHERE id = %s FOR UPDATE", (run_id,))
+        state = suspending.execute(
+            "SELECT state FROM kernos_approvals WHERE id = %s", (approval_id,)
+        ).fetchone()
+        assert state == ("pending",)
+        deciding = asyncio.create_task(store.decide_approval(approval_id, approve=True, by="x"))
+        await asyncio.sleep(0.3)
+        assert not deciding.done()  # it waits for the run's row
+        suspending.execute(
+            "UPDATE kernos_runs SET state = 'waiting', waiting_for = %s, lease_owner = NULL "
+            "WHERE id = %s",
+            (f"approval:{approval_id}", run_id),
+        )
+        suspending.commit()
+    await deciding
+    assert (await store.get_run(run_id)).state == RunState.QUEUED  # woken

@@ -175,3 +175,25 @@ async def test_a_tool_over_a_limit_needs_approval_and_a_person_edits_it(
     told = [m["content"] for m in last if m["role"] == "tool"]
     assert told[-1].startswith("Rejected: a person (bob) rejected this call of issue_refund")
     assert "C-9 is not ours" in told[-1]
+
+
+async def test_a_decision_racing_the_runs_suspension_always_wakes_it(
+    client: Client, registry: Registry
+) -> None:
+    """Decisions made the instant each approval appears, often before its run has finished
+    suspending: every run is woken (the decision and the suspension lock the run first)."""
+    register(registry)
+    async with running_worker(client, registry, FAST, services={}):
+        runs = [await client.start("asks", {"order": f"R-{i}"}) for i in range(40)]
+        decided: set[str] = set()
+
+        async def decide_all() -> bool:
+            for approval in await client.store.list_approvals(limit=100):
+                if approval.id not in decided:
+                    decided.add(approval.id)
+                    await client.store.decide_approval(approval.id, approve=False, by="fast")
+            return len(decided) == len(runs)
+
+        await wait_until(decide_all, timeout=60, interval=0.001, what="40 approvals")
+        done = [await client.wait(r.id, timeout=30) for r in runs]
+    assert all(d.state == RunState.COMPLETED for d in done)

@@ -1653,6 +1653,13 @@ class SqlStore:
     ) -> Approval:
         now = time.time()
         with self._d.write() as tx:
+            asked = get_approval(tx, approval_id)
+            if asked is not None:
+                # Lock the run before the approval, in the order its suspension does: a run
+                # suspending at this moment either sees the decision or is woken by it.
+                tx.fetchone(
+                    f"SELECT id FROM kernos_runs WHERE id = ?{self._d.lock_rows}", (asked.run_id,)
+                )
             decided = decide_approval(
                 tx,
                 approval_id,
