@@ -22,6 +22,7 @@ from kernos.kernel import (
     Embedder,
     Gatekeeper,
     Notifier,
+    Observer,
     Registry,
     Scrubber,
     Worker,
@@ -45,6 +46,7 @@ async def running_worker(
     notifier: Notifier | None = None,
     gatekeeper: Gatekeeper | None = None,
     redactor: Scrubber | None = None,
+    observer: Observer | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker in this event loop for the block; it drains and stops on exit.
 
@@ -63,6 +65,7 @@ async def running_worker(
         notifier=notifier,
         gatekeeper=gatekeeper,
         redactor=redactor,
+        observer=observer,
     )
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.started.wait(), 10)

@@ -23,6 +23,7 @@ from kernos.kernel._notify import (
     Notifier,
     approval_notification,
 )
+from kernos.kernel._observe import Observer, Observers
 from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_app
 from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._retry import DEFAULT_RETRY, RetryPolicy, retry
@@ -50,6 +51,8 @@ __all__ = [
     "HumanDecision",
     "NotificationPump",
     "Notifier",
+    "Observer",
+    "Observers",
     "Registry",
     "RetryPolicy",
     "RunContext",

@@ -22,7 +22,7 @@ import random
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
@@ -67,6 +67,7 @@ from kernos.kernel._notify import (
     NotificationPump,
     approval_notification,
 )
+from kernos.kernel._observe import Observer
 from kernos.kernel._registry import AgentSpec, Registry
 from kernos.kernel._replay import CANCEL_DELIVERED, History
 from kernos.kernel._retry import policy_of
@@ -211,8 +212,11 @@ class Execution:
         notifications: NotificationPump | None = None,
         gatekeeper: Gatekeeper | None = None,
         redactor: Scrubber | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        #: told of every event this execution commits (traces, metrics)
+        self.observer = observer
         #: what the run writes is redacted with its tenant's rules before it is stored
         self.scrub: Scrubber | None = (
             redactor.for_tenant(claim.run.tenant) if redactor is not None else None
@@ -294,12 +298,9 @@ class Execution:
         except Suspend as s:
             return await self._suspend(s)
         except Yield as y:
-            await self.store.release(
-                self.run_id,
-                self.token,
-                state=y.state,
-                events=self._flush([self._event(y.event_type)]),
-            )
+            batch = self._flush([self._event(y.event_type)])
+            await self.store.release(self.run_id, self.token, state=y.state, events=batch)
+            self._observed(batch)
             return True
         except Cancelled as exc:
             await self._finish(RunState.CANCELLED, error=exc)
@@ -337,16 +338,18 @@ class Execution:
         return result
 
     async def _suspend(self, s: Suspend) -> bool:
+        batch = self._flush(s.events)
         result = await self.store.suspend(
             self.run_id,
             self.token,
             waiting_for=s.waiting_for,
-            events=self._flush(s.events),
+            events=batch,
             timer=s.timer,
             wake_check=s.wake,
             cancel_delivered=self._cancelled,
         )
         if result in (SuspendResult.SUSPENDED, SuspendResult.PAUSED):
+            self._observed(batch)
             return True
         if result == SuspendResult.CANCEL_PENDING:
             self.control = Control.CANCEL
@@ -378,6 +381,7 @@ class Execution:
         await self.store.finish(
             self.run_id, self.token, state=state, events=events, output=out_text, error=err_text
         )
+        self._observed(events)
 
     async def _release_quietly(self) -> None:
         """A worker shutting down past its grace period gives its runs back."""
@@ -429,6 +433,11 @@ class Execution:
         out, self._pending = [*self._pending, *events], []
         return out
 
+    def _observed(self, events: Sequence[Event]) -> None:
+        """``events`` are committed: tell the observer (once: replay commits nothing)."""
+        if self.observer is not None and events:
+            self.observer.committed(self.run, events)
+
     async def _write(self, *events: Event) -> None:
         batch = self._flush(list(events))
         try:
@@ -438,6 +447,7 @@ class Execution:
             raise
         except InfrastructureError as exc:
             raise StoreDown(exc) from exc
+        self._observed(batch)
         if control is not None:
             self.control = control
 
@@ -798,19 +808,16 @@ class Execution:
             "message_sent", step=pos, name=topic, payload={"to": to, "topic": topic}
         )
         try:
+            batch = self._flush([event])
             await self.store.send_from_run(
-                self.run_id,
-                self.token,
-                events=self._flush([event]),
-                to=to,
-                topic=topic,
-                payload=text,
+                self.run_id, self.token, events=batch, to=to, topic=topic, payload=text
             )
         except LeaseLost:
             self.lost = True
             raise
         except InfrastructureError as exc:
             raise StoreDown(exc) from exc
+        self._observed(batch)
 
     async def ask_human(
         self,
@@ -937,15 +944,17 @@ class Execution:
             },
         )
         notify = self._notice(new, NEEDS_PERSON)
+        batch = self._flush([event])
         try:
             await self.store.request_approval(
-                self.run_id, self.token, events=self._flush([event]), approval=new, notify=notify
+                self.run_id, self.token, events=batch, approval=new, notify=notify
             )
         except LeaseLost:
             self.lost = True
             raise
         except InfrastructureError as exc:
             raise StoreDown(exc) from exc
+        self._observed(batch)
         if notify and self.notifications is not None:
             self.notifications.wake()
 
@@ -966,23 +975,26 @@ class Execution:
             payload={"id": approval_id, "after": timeout, "expires_at": expires_at},
         )
         current = await self._store_call(self.store.get_approval, approval_id)
+        batch = self._flush([event])
         try:
             await self.store.escalate_approval(
                 self.run_id,
                 self.token,
                 approval_id=approval_id,
-                events=self._flush([event]),
+                events=batch,
                 expires_at=expires_at,
                 by="kernos:timeout",
                 notify=self._notice(replace(current, expires_at=expires_at), ESCALATED),
             )
         except InvalidState:
+            self._pending = batch[:-1]  # not written: what was buffered waits for the next write
             return None
         except LeaseLost:
             self.lost = True
             raise
         except InfrastructureError as exc:
             raise StoreDown(exc) from exc
+        self._observed(batch)
         if self.notifications is not None:
             self.notifications.wake()
         return event
@@ -1073,6 +1085,7 @@ class Execution:
             self._pending = before
         else:
             self._seq = seq
+            self._observed([*before, make_event(message)])
         return message
 
     async def memory_put(self, namespace: str, text: str, metadata: dict[str, Any]) -> str:
@@ -1182,11 +1195,12 @@ class Execution:
             name=agent,
             payload={"child_id": child_id, "agent": agent, "version": spec.version},
         )
+        batch = self._flush([event])
         await self._store_call(
             self.store.spawn,
             self.run_id,
             self.token,
-            events=self._flush([event]),
+            events=batch,
             child=NewRun(
                 id=child_id,
                 agent=agent,
@@ -1198,6 +1212,7 @@ class Execution:
                 principal=self.run.principal,
             ),
         )
+        self._observed(batch)
         return child_id
 
     async def child_result(self, child_id: str) -> Any:

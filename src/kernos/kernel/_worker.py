@@ -26,6 +26,7 @@ from kernos.kernel._execution import Execution, WorkerSignals
 from kernos.kernel._faults import Faults
 from kernos.kernel._memory import Embedder, Scrubber
 from kernos.kernel._notify import NotificationPump, Notifier
+from kernos.kernel._observe import Observer
 from kernos.kernel._registry import Registry
 from kernos.store import Claim, Store, new_run_id
 
@@ -77,6 +78,7 @@ class Worker:
         notifier: Notifier | None = None,
         gatekeeper: Gatekeeper | None = None,
         redactor: Scrubber | None = None,
+        observer: Observer | None = None,
     ):
         """``services`` serve the durable calls of higher layers: ``{"llm": ...}`` for
         ``ctx.llm`` (``kernos.default_services()`` builds them from kernos.toml). The worker
@@ -90,6 +92,8 @@ class Worker:
         self.gatekeeper = gatekeeper
         #: what runs write is redacted before it is stored (per tenant)
         self.redactor = redactor
+        #: told of claims, lease renewals and every committed event (traces, metrics)
+        self.observer = observer
         self.services: dict[str, CallService] = dict(services or {})
         self.registry = registry
         self.config = config or WorkerConfig()
@@ -212,7 +216,10 @@ class Worker:
             self.notifications,
             self.gatekeeper,
             self.redactor,
+            self.observer,
         )
+        if self.observer is not None:
+            self.observer.claimed(claim.run, max(0.0, time.time() - claim.run.run_at))
         task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
         self._active[claim.run.id] = (task, execution)
 
@@ -293,9 +300,13 @@ class Worker:
                 log.warning("worker %s: heartbeat failed: %s", self.id, exc or "timed out")
                 if time.monotonic() - last_ok > ttl:
                     self._lose(set(leases), "no lease renewal for a whole TTL")
+                    if self.observer is not None:
+                        self.observer.leases(0, len(leases))
                 continue
             last_ok = time.monotonic()
             self._lose(beat.lost, "lease lost to another worker")
+            if self.observer is not None:
+                self.observer.leases(len(leases) - len(beat.lost), len(beat.lost))
             for run_id, control in beat.control.items():
                 entry = self._active.get(run_id)
                 if entry is not None:
