@@ -28,7 +28,7 @@ from kernos.kernel._memory import Embedder, Scrubber
 from kernos.kernel._notify import NotificationPump, Notifier
 from kernos.kernel._observe import Observer
 from kernos.kernel._registry import Registry
-from kernos.store import Claim, Store, new_run_id
+from kernos.store import Claim, Store, WorkerRegistration, new_run_id
 
 log = logging.getLogger("kernos.worker")
 
@@ -129,6 +129,7 @@ class Worker:
 
     async def run(self) -> None:
         await self.store.register_agents(self.registry.keys())
+        await self.store.register_worker(self._registration())
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="kernos-heartbeat")
         pump = (
             asyncio.create_task(self.notifications.run(), name="kernos-notifications")
@@ -146,6 +147,7 @@ class Worker:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            await self._sign_off()
             await self._close_services()
             self._stopped.set()
             log.info("worker %s stopped", self.id)
@@ -290,10 +292,17 @@ class Worker:
             leases = {rid: ex.token for rid, (_, ex) in self._active.items()}
             if not leases:
                 last_ok = time.monotonic()
+                await self._beat_alone()
                 continue
             try:
                 beat = await asyncio.wait_for(
-                    self.store.heartbeat(worker_id=self.id, leases=leases, lease_ttl=ttl),
+                    self.store.worker_heartbeat(
+                        worker_id=self.id,
+                        leases=leases,
+                        lease_ttl=ttl,
+                        active=len(self._active),
+                        info=self._health(),
+                    ),
                     timeout=ttl,
                 )
             except (InfrastructureError, TimeoutError) as exc:
@@ -321,6 +330,57 @@ class Worker:
             execution.lost = True
             task.cancel()
             log.warning("run %s: stopped: %s", run_id, why)
+
+    # -- presence: the worker's row in the fleet (kernos status, kernos agents) ----------------
+
+    def _registration(self) -> WorkerRegistration:
+        return WorkerRegistration(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            versions=tuple(f"{name}@{version}" for name, version in self.registry.keys()),
+            concurrency=self.config.concurrency,
+            lease_ttl=self.config.lease_ttl,
+            info=self._health(),
+        )
+
+    def _health(self) -> dict[str, Any]:
+        """What the worker's services say of their health, carried by each heartbeat: the
+        gateway's breaker per endpoint (``{"breakers": {"openai:gpt-4o": "open"}}``)."""
+        breakers: dict[str, str] = {}
+        for name, service in self.services.items():
+            health = getattr(service, "health", None)
+            if not callable(health):
+                continue
+            try:
+                breakers.update(health())
+            except Exception as exc:  # a report, not a reason to stop renewing leases
+                log.warning("worker %s: the %s service's health failed: %s", self.id, name, exc)
+        return {"breakers": breakers} if breakers else {}
+
+    async def _beat_alone(self) -> None:
+        """An idle worker's heartbeat: only its row (alive, no load)."""
+        ttl = self.config.lease_ttl
+        try:
+            await asyncio.wait_for(
+                self.store.worker_heartbeat(
+                    worker_id=self.id, leases={}, lease_ttl=ttl, active=0, info=self._health()
+                ),
+                timeout=ttl,
+            )
+        except (InfrastructureError, TimeoutError) as exc:
+            log.warning("worker %s: heartbeat failed: %s", self.id, exc or "timed out")
+
+    async def _sign_off(self) -> None:
+        """Mark the row stopped (drained, leases released): a clean exit, not a dead worker."""
+        try:
+            await asyncio.wait_for(self.store.stop_worker(self.id), timeout=self.config.lease_ttl)
+        except (InfrastructureError, TimeoutError) as exc:
+            log.warning(
+                "worker %s: could not mark itself stopped (it will show as dead): %s",
+                self.id,
+                exc or "timed out",
+            )
 
     # -- shutdown -----------------------------------------------------------------------------
 

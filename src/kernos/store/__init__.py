@@ -1,6 +1,7 @@
 """The store layer: one schema on SQLite or PostgreSQL, behind the ``Store`` protocol."""
 
 from kernos.store._commit import CommitStats
+from kernos.store._fleet import DEAD_AFTER_TTLS, VersionRetired
 from kernos.store._ids import new_run_id
 from kernos.store._open import DEFAULT_URL, open_store
 from kernos.store._oversight import ROLES
@@ -21,6 +22,7 @@ from kernos.store._records import (
     Control,
     Event,
     EventTotals,
+    FleetStatus,
     JsonPath,
     Memory,
     MemoryHit,
@@ -38,12 +40,17 @@ from kernos.store._records import (
     SuspendResult,
     ToolDefinition,
     ToolPin,
+    VersionStatus,
     WakeCheck,
+    WorkerRecord,
+    WorkerRegistration,
+    WorkerState,
 )
 from kernos.store._schema import LATEST_VERSION
 from kernos.store._sql import DEFAULT_MAX_PAYLOAD, SqlStore
 
 __all__ = [
+    "DEAD_AFTER_TTLS",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_URL",
     "LATEST_VERSION",
@@ -64,6 +71,7 @@ __all__ = [
     "Control",
     "Event",
     "EventTotals",
+    "FleetStatus",
     "Heartbeat",
     "JsonPath",
     "Memory",
@@ -85,7 +93,12 @@ __all__ = [
     "Timer",
     "ToolDefinition",
     "ToolPin",
+    "VersionRetired",
+    "VersionStatus",
     "WakeCheck",
+    "WorkerRecord",
+    "WorkerRegistration",
+    "WorkerState",
     "new_run_id",
     "open_store",
 ]

@@ -26,6 +26,7 @@ from kernos.store._records import (
     Control,
     Event,
     EventTotals,
+    FleetStatus,
     JsonPath,
     Memory,
     MemoryHit,
@@ -42,7 +43,10 @@ from kernos.store._records import (
     SuspendResult,
     ToolDefinition,
     ToolPin,
+    VersionStatus,
     WakeCheck,
+    WorkerRecord,
+    WorkerRegistration,
 )
 
 
@@ -337,4 +341,48 @@ class Store(Protocol):
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new work may exist (PostgreSQL: a NOTIFY), or after ``timeout``."""
+        ...
+
+    async def register_worker(self, registration: WorkerRegistration) -> None:
+        """Record a starting worker (host, pid, versions, concurrency); prune old rows."""
+        ...
+
+    async def worker_heartbeat(
+        self,
+        *,
+        worker_id: str,
+        leases: dict[str, int],
+        lease_ttl: float,
+        active: int,
+        info: dict[str, Any] | None = None,
+    ) -> Heartbeat:
+        """Renew leases (as ``heartbeat``) and refresh the worker's row, in one transaction."""
+        ...
+
+    async def stop_worker(self, worker_id: str) -> None:
+        """Mark a worker stopped after it drained."""
+        ...
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Workers alive, dead (silent for several lease TTLs) or stopped."""
+        ...
+
+    async def list_versions(self, agent: str | None = None) -> list[VersionStatus]:
+        """Each agent version: retired or not, who serves it, its live runs by state."""
+        ...
+
+    async def retire_version(
+        self, agent: str, version: str, *, by: str, reason: str | None = None
+    ) -> VersionStatus:
+        """Refuse new runs of a version (``VersionRetired``); its runs go on. Audited."""
+        ...
+
+    async def unretire_version(
+        self, agent: str, version: str, *, by: str, reason: str | None = None
+    ) -> VersionStatus:
+        """Let a retired version take new runs again. Audited."""
+        ...
+
+    async def fleet_status(self) -> FleetStatus:
+        """Workers, versions, runs by state and waiting reasons, read together."""
         ...

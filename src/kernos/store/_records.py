@@ -424,3 +424,118 @@ class Notification:
     delivered_at: float | None = None
     failed_at: float | None = None
     last_error: str | None = None
+
+
+class WorkerState(StrEnum):
+    """A worker as the fleet sees it, judged on the database's clock."""
+
+    #: heartbeating: it claims runs and renews its leases
+    ALIVE = "alive"
+    #: no heartbeat for several of its lease TTLs: killed, frozen or cut off from the database
+    DEAD = "dead"
+    #: it drained and said so on its way out
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRegistration:
+    """What a worker says about itself when it starts."""
+
+    id: str
+    host: str
+    pid: int
+    #: the agent versions it executes, as ``name@version``
+    versions: tuple[str, ...]
+    concurrency: int
+    lease_ttl: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecord:
+    """A worker's row, with its state and heartbeat age as of the read (database clock)."""
+
+    id: str
+    host: str
+    pid: int
+    versions: tuple[str, ...]
+    concurrency: int
+    #: runs it was executing at its last heartbeat
+    active: int
+    lease_ttl: float
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None
+    #: what its last heartbeat carried: ``{"breakers": {endpoint: state}}`` if it calls models
+    info: dict[str, Any]
+    state: WorkerState
+    #: seconds since its last heartbeat
+    heartbeat_age: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionStatus:
+    """One version of an agent across the fleet: retired or not, who serves it, its live runs.
+
+    ``registered_at`` is None for a version that runs were started on but no worker has ever
+    registered (a client with ``--app`` knew its code).
+    """
+
+    agent: str
+    version: str
+    registered_at: float | None
+    retired_at: float | None = None
+    retired_by: str | None = None
+    retired_reason: str | None = None
+    #: live runs (queued, running, waiting, paused) by state
+    runs: dict[RunState, int] = field(default_factory=dict)
+    #: runs a worker could claim now: queued and due, or running under an expired lease
+    ready: int = 0
+    #: ids of the live workers that execute this version
+    workers: tuple[str, ...] = ()
+    #: the version a run started without naming one goes to when the starter does not have
+    #: the agent's code: the newest registered version that is not retired
+    default: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.agent}@{self.version}"
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_at is not None
+
+    @property
+    def live(self) -> int:
+        """Runs not yet ended: while any remain, the version is not drained."""
+        return sum(self.runs.values())
+
+    @property
+    def stranded(self) -> bool:
+        """It has live runs but no live worker executes it: they wait until one starts."""
+        return self.live > 0 and not self.workers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetStatus:
+    """The whole system at one moment (one read transaction), for ``kernos status``."""
+
+    #: the database's clock at the read
+    now: float
+    workers: list[WorkerRecord]
+    versions: list[VersionStatus]
+    #: every run by state
+    runs: dict[RunState, int]
+    #: waiting runs by what they wait for (``approval``, ``timer``, ``message``, ``child``,
+    #: ``budget``, ``provider``, ...)
+    waiting: dict[str, int]
+
+    @property
+    def ready(self) -> int:
+        """Queue depth: runs a worker could claim now."""
+        return sum(v.ready for v in self.versions)
+
+    @property
+    def unserved(self) -> int:
+        """Ready runs whose version no live worker executes: nobody will claim them."""
+        return sum(v.ready for v in self.versions if not v.workers)

@@ -307,6 +307,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             "WHERE delivered_at IS NULL AND failed_at IS NULL",
         ),
     ),
+    Migration(
+        10,
+        "the fleet: workers with their versions, load and heartbeat; retired agent versions",
+        (
+            # One row per worker process, written when it starts, with each heartbeat (in the
+            # transaction that renews its leases) and when it stops cleanly. versions: JSON list
+            # of "name@version" it executes; info: JSON (its gateway's breaker states). A row
+            # whose heartbeat is older than a few of its lease_ttl is a dead worker.
+            """CREATE TABLE kernos_workers (
+                id TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                versions TEXT NOT NULL,
+                concurrency INTEGER NOT NULL,
+                active INTEGER NOT NULL DEFAULT 0,
+                lease_ttl {float} NOT NULL,
+                started_at {float} NOT NULL,
+                heartbeat_at {float} NOT NULL,
+                stopped_at {float},
+                info TEXT NOT NULL
+            )""",
+            "CREATE INDEX kernos_workers_heartbeat ON kernos_workers (heartbeat_at)",
+            # A retired version takes no new runs; the runs it has finish on it.
+            "ALTER TABLE kernos_agents ADD COLUMN retired_at {float}",
+            "ALTER TABLE kernos_agents ADD COLUMN retired_by TEXT",
+            "ALTER TABLE kernos_agents ADD COLUMN retired_reason TEXT",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

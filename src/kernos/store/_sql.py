@@ -34,6 +34,17 @@ from kernos.errors import (
 from kernos.store._commit import CommitStats
 from kernos.store._dialect import Dialect, Row, Tx, iter_chunks, placeholders
 from kernos.store._fenced import EVENT_COLUMNS
+from kernos.store._fleet import (
+    beat_worker,
+    list_versions,
+    list_workers,
+    refuse_retired,
+    register_worker,
+    schedule_version,
+    set_retired,
+    stop_worker,
+    waiting_reasons,
+)
 from kernos.store._ids import new_run_id
 from kernos.store._memory import (
     MAX_SEARCH_K,
@@ -98,6 +109,7 @@ from kernos.store._records import (
     Control,
     Event,
     EventTotals,
+    FleetStatus,
     JsonPath,
     Memory,
     MemoryHit,
@@ -115,7 +127,10 @@ from kernos.store._records import (
     SuspendResult,
     ToolDefinition,
     ToolPin,
+    VersionStatus,
     WakeCheck,
+    WorkerRecord,
+    WorkerRegistration,
 )
 from kernos.store._schema import LATEST_VERSION, MIGRATIONS
 
@@ -415,9 +430,11 @@ class SqlStore:
         with self._d.write() as tx:
             if tx.fetchone("SELECT 1 FROM kernos_runs WHERE id = ?", (new.id,)) is not None:
                 raise InvalidInput(f"a run with id {new.id} exists already; ids must be unique")
+            refuse_retired(tx, new.agent, new.agent_version)
             return self._insert_run(tx, new, time.time())
 
     async def create_run(self, new: NewRun) -> Run:
+        """Create a queued run; ``VersionRetired`` (nothing written) if its version is retired."""
         return await self._call(self._create_run, new)
 
     def _get(self, tx: Tx, run_id: str, lock: str = "") -> Run:
@@ -627,17 +644,21 @@ class SqlStore:
     def _heartbeat(self, worker_id: str, leases: dict[str, int], lease_ttl: float) -> Heartbeat:
         if not leases:
             return Heartbeat(lost=frozenset(), control={})
-        held: dict[str, tuple[int, str | None]] = {}
         with self._d.write() as tx:
-            now = self._d.now(tx)
-            for chunk in iter_chunks(sorted(leases), 500):
-                rows = tx.fetchall(
-                    "UPDATE kernos_runs SET lease_expires_at = ? WHERE lease_owner = ? "
-                    f"AND state = 'running' AND id IN ({placeholders(len(chunk))}) "
-                    "RETURNING id, lease_token, control",
-                    (now + lease_ttl, worker_id, *chunk),
-                )
-                held.update({r[0]: (int(r[1]), r[2]) for r in rows})
+            return self._renew_leases(tx, self._d.now(tx), worker_id, leases, lease_ttl)
+
+    def _renew_leases(
+        self, tx: Tx, now: float, worker_id: str, leases: dict[str, int], lease_ttl: float
+    ) -> Heartbeat:
+        held: dict[str, tuple[int, str | None]] = {}
+        for chunk in iter_chunks(sorted(leases), 500):
+            rows = tx.fetchall(
+                "UPDATE kernos_runs SET lease_expires_at = ? WHERE lease_owner = ? "
+                f"AND state = 'running' AND id IN ({placeholders(len(chunk))}) "
+                "RETURNING id, lease_token, control",
+                (now + lease_ttl, worker_id, *chunk),
+            )
+            held.update({r[0]: (int(r[1]), r[2]) for r in rows})
         lost = frozenset(rid for rid, token in leases.items() if held.get(rid, (-1,))[0] != token)
         control = {
             rid: Control(c) if c else None for rid, (_, c) in held.items() if rid not in lost
@@ -1254,9 +1275,16 @@ class SqlStore:
                     (now,),
                 )
             ]
+            # a retired version is not fired on: the newest one that is not, else none
+            chosen = {
+                s.name: schedule_version(tx, s.agent, versions[s.agent])
+                for s in due
+                if s.agent in versions
+            }
         fired: list[Run] = []
         for s in due:
-            if s.agent not in versions:
+            version = chosen.get(s.name)
+            if version is None:
                 continue
             with self._d.write() as tx:
                 # Conditional on the tick read above: of all workers, exactly one advances it.
@@ -1272,7 +1300,7 @@ class SqlStore:
                 new = NewRun(
                     id=new_run_id(),
                     agent=s.agent,
-                    agent_version=versions[s.agent],
+                    agent_version=version,
                     input=s.input,
                     priority=s.priority,
                     schedule=s.name,
@@ -1978,3 +2006,130 @@ class SqlStore:
             await asyncio.sleep(timeout)
             return
         await self._call(self._d.wait_for_notify, timeout)
+
+    # -- the fleet: workers, versions, retirement -------------------------------------------
+
+    def _register_worker(self, reg: WorkerRegistration) -> None:
+        with self._d.write() as tx:
+            register_worker(tx, reg, self._d.now(tx))
+
+    async def register_worker(self, registration: WorkerRegistration) -> None:
+        """Record a starting worker: host, pid, the versions it executes, its concurrency.
+
+        Rows of workers stopped or dead for more than a day are pruned here.
+        """
+        await self._call(self._register_worker, registration)
+
+    def _worker_heartbeat(
+        self,
+        worker_id: str,
+        leases: dict[str, int],
+        lease_ttl: float,
+        active: int,
+        info: dict[str, Any],
+    ) -> Heartbeat:
+        with self._d.write() as tx:
+            now = self._d.now(tx)
+            beat_worker(tx, worker_id, now, active, info)
+            if not leases:
+                return Heartbeat(lost=frozenset(), control={})
+            return self._renew_leases(tx, now, worker_id, leases, lease_ttl)
+
+    async def worker_heartbeat(
+        self,
+        *,
+        worker_id: str,
+        leases: dict[str, int],
+        lease_ttl: float,
+        active: int,
+        info: dict[str, Any] | None = None,
+    ) -> Heartbeat:
+        """``heartbeat`` that also refreshes the worker's row (its load and ``info``), in the
+        same transaction: one commit per beat, whether or not the worker holds leases."""
+        return await self._call(
+            self._worker_heartbeat, worker_id, dict(leases), lease_ttl, active, dict(info or {})
+        )
+
+    def _stop_worker(self, worker_id: str) -> None:
+        with self._d.write() as tx:
+            stop_worker(tx, worker_id, self._d.now(tx))
+
+    async def stop_worker(self, worker_id: str) -> None:
+        """Mark a worker stopped (it drained and released its leases): not shown as dead."""
+        await self._call(self._stop_worker, worker_id)
+
+    def _list_workers(self) -> list[WorkerRecord]:
+        with self._d.read() as tx:
+            return list_workers(tx, self._d.now(tx))
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every worker row not yet pruned: alive, dead (silent for several lease TTLs) or
+        stopped, as of the database's clock."""
+        return await self._call(self._list_workers)
+
+    def _list_versions(self, agent: str | None) -> list[VersionStatus]:
+        with self._d.read() as tx:
+            now = self._d.now(tx)
+            return list_versions(tx, now, list_workers(tx, now), agent)
+
+    async def list_versions(self, agent: str | None = None) -> list[VersionStatus]:
+        """Each agent version: retired or not, the live workers that execute it, and its live
+        runs by state (counted in the database, not loaded)."""
+        return await self._call(self._list_versions, agent)
+
+    def _set_retired(
+        self, agent: str, version: str, retire: bool, by: str, reason: str | None
+    ) -> VersionStatus:
+        with self._d.write() as tx:
+            now = self._d.now(tx)
+            set_retired(
+                tx,
+                agent=agent,
+                version=version,
+                retire=retire,
+                by=by,
+                reason=reason,
+                now=now,
+                postgres=self._d.name == "postgresql",
+                lock_rows=self._d.lock_rows,
+            )
+            found = list_versions(tx, now, list_workers(tx, now), agent)
+        return next(v for v in found if v.version == version)
+
+    async def retire_version(
+        self, agent: str, version: str, *, by: str, reason: str | None = None
+    ) -> VersionStatus:
+        """Refuse new runs of ``agent@version`` (``VersionRetired``); the runs it has go on.
+
+        Audited ``agent.retire`` in the same transaction. Retiring a retired version changes
+        nothing; ``AgentNotFound`` for a version no worker has registered. Returns the
+        version's status: its ``live`` runs are what is left to drain.
+        """
+        if not by:
+            raise InvalidInput("retiring a version needs who retires it (by=...)")
+        return await self._call(self._set_retired, agent, version, True, by, reason)
+
+    async def unretire_version(
+        self, agent: str, version: str, *, by: str, reason: str | None = None
+    ) -> VersionStatus:
+        """Let ``agent@version`` take new runs again (audited ``agent.unretire``)."""
+        if not by:
+            raise InvalidInput("un-retiring a version needs who does it (by=...)")
+        return await self._call(self._set_retired, agent, version, False, by, reason)
+
+    def _fleet_status(self) -> FleetStatus:
+        with self._d.read() as tx:
+            now = self._d.now(tx)
+            workers = list_workers(tx, now)
+            versions = list_versions(tx, now, workers)
+            runs = {
+                RunState(r[0]): int(r[1])
+                for r in tx.fetchall("SELECT state, COUNT(*) FROM kernos_runs GROUP BY state")
+            }
+            waiting = waiting_reasons(tx, self._d.name)
+        return FleetStatus(now=now, workers=workers, versions=versions, runs=runs, waiting=waiting)
+
+    async def fleet_status(self) -> FleetStatus:
+        """Workers, versions, runs by state and what waiting runs wait for, read in one
+        transaction (aggregates only) so the figures agree with each other."""
+        return await self._call(self._fleet_status)
