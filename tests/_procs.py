@@ -101,6 +101,7 @@ class Workers:
         grace: float | None = None,
         log_level: str = "INFO",
         env: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> WorkerProcess:
         name = f"w{len(self.started) + 1}"
         log = self.directory / f"worker-{name}.log"
@@ -121,6 +122,7 @@ class Workers:
             cmd += ["--concurrency", str(concurrency)]
         if grace is not None:
             cmd += ["--grace", str(grace)]
+        cmd += args or []
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "kernos"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 # Lower index = lower layer (DESIGN.md, "Layers"). errors is shared by all.
-LAYERS = ["store", "kernel", "gateway", "agents", "governance", "api", "cli"]
+LAYERS = ["store", "kernel", "gateway", "agents", "governance", "telemetry", "api", "cli"]
 
 
 def _imports(path: Path) -> list[str]:

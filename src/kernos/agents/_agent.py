@@ -385,7 +385,9 @@ class Agent:
             if isinstance(tool, MemoryTool):
                 return await tool.call(ctx, call.arguments)
             try:
-                result = await ctx.tool(tool, call.arguments, guard=guard, approved=True)
+                result = await ctx.tool(
+                    tool, call.arguments, guard=guard, approved=True, call_id=call.id
+                )
             except ToolRefused as exc:
                 refusals.append(exc)
                 return f"Refused: {exc.for_model}"

@@ -58,9 +58,12 @@ async def serve_tool(
     arguments: dict[str, Any],
     *,
     guard: LoopGuard | None = None,
+    call_id: str | None = None,
 ) -> Any:
-    """Serve ``ctx.tool(tool, arguments)`` at ``call``'s position."""
+    """Serve ``ctx.tool(tool, arguments)`` at ``call``'s position. ``call_id`` (the model's
+    id for this tool call, when a model asked for it) is journaled with the call, for traces."""
     loop_guard = guard_of(call, guard)
+    ident: dict[str, Any] = {"call_id": call_id} if call_id else {}
     if call.completed is not None:
         loop_guard.record(tool.name, arguments, ok=True)
         return call.completed.get("result")
@@ -74,6 +77,7 @@ async def serve_tool(
         await call.fail(
             {
                 "arguments": arguments,
+                **ident,
                 "kind": "refused",
                 "reason": refusal.reason,
                 "for_model": refusal.message,
@@ -92,6 +96,7 @@ async def serve_tool(
             kind, for_model = describe(tool, exc)
             payload: dict[str, Any] = {
                 "arguments": arguments,
+                **ident,
                 "kind": kind,
                 "for_model": for_model,
                 "error": {
@@ -113,7 +118,7 @@ async def serve_tool(
             ) from exc
         result = call.scrub(to_jsonable_python(value, fallback=repr))
         await call.complete(
-            {"arguments": arguments, "result": result},
+            {"arguments": arguments, **ident, "result": result},
             duration=time.monotonic() - started,
             n=attempt,
         )

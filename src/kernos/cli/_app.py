@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
-import sys
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 import typer
@@ -35,6 +36,8 @@ from kernos.kernel import (
     CallService,
     Faults,
     Notifier,
+    Observer,
+    Observers,
     Settings,
     Worker,
     WorkerConfig,
@@ -46,11 +49,19 @@ from kernos.kernel import (
     tune_gc,
 )
 from kernos.store import RunState, open_store
+from kernos.telemetry import (
+    TraceExporter,
+    WorkerMetrics,
+    configure_logging,
+    serve_metrics,
+    tracing_from_env,
+)
 
 from ._common import (
     AppOpt,
     DbOpt,
     JsonOpt,
+    LogFormatOpt,
     TenantOpt,
     _client,
     _exit_code,
@@ -346,13 +357,23 @@ def worker(
     ] = None,
     database: DbOpt = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+    log_format: LogFormatOpt = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any port)."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics server binds.")
+    ] = "0.0.0.0",
 ) -> None:
-    """Run agents: claim runs, execute them, renew leases. SIGTERM drains and exits 0."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Run agents: claim runs, execute them, renew leases. SIGTERM drains and exits 0.
+
+    Traces are exported when the standard OTEL_EXPORTER_OTLP_* variables say where to."""
+    try:
+        configure_logging(log_level, _log_format(log_format))
+    except KernosError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(_exit_code(exc)) from None
     for chatty in ("httpx", "httpx2", "httpcore"):  # a line per provider request at INFO
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
     try:
@@ -376,8 +397,16 @@ def worker(
         services = default_services()  # kernos.toml: a bad file stops the worker here
         notifier = notifier_from_config()
         tune_gc()
+        tracing = tracing_from_env()  # OTEL_*: off unless configured
         asyncio.run(
-            _run_worker(database or settings.database_url, settings, config, services, notifier)
+            _run_worker(
+                database or settings.database_url,
+                settings,
+                config,
+                services,
+                notifier,
+                _Telemetry(tracing, metrics_port, metrics_host),
+            )
         )
     except KernosError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
@@ -390,6 +419,7 @@ async def _run_worker(
     config: WorkerConfig,
     services: dict[str, CallService],
     notifier: Notifier | None,
+    telemetry: _Telemetry,
 ) -> None:
     client = await connect(url, settings=settings, registry=REGISTRY)
     try:
@@ -404,6 +434,7 @@ async def _run_worker(
             notifier=notifier,
             gatekeeper=gatekeeper,
             redactor=redactor,
+            observer=telemetry.observer(services, lambda: w.active_runs),
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -412,7 +443,36 @@ async def _run_worker(
         err.print(f"[bold]kernos worker[/] {escape(f'{w.id} on {client.store.url}: {agents}')}")
         await w.run()
     finally:
+        await telemetry.close()
         await client.close()
+
+
+@dataclass
+class _Telemetry:
+    """A worker's traces and metrics, as its options and environment ask."""
+
+    tracing: TraceExporter | None
+    metrics_port: int | None
+    metrics_host: str
+
+    def observer(self, services: dict[str, CallService], active: Callable[[], int]) -> Any:
+        observers: list[Observer] = [] if self.tracing is None else [self.tracing]
+        if self.metrics_port is not None:
+            llm = services.get("llm")
+            breakers = getattr(llm, "health", None)  # {endpoint: breaker state}
+            metrics = WorkerMetrics(breakers=breakers, active=active)
+            port = serve_metrics(metrics.registry, self.metrics_port, self.metrics_host)
+            err.print(f"metrics at http://{self.metrics_host}:{port}/metrics")
+            observers.append(metrics)
+        return Observers(observers) if observers else None
+
+    async def close(self) -> None:
+        if self.tracing is not None:
+            await self.tracing.aclose()
+
+
+def _log_format(option: str | None) -> str:
+    return (option or os.environ.get("KERNOS_LOG_FORMAT") or "console").lower()
 
 
 # -- costs ------------------------------------------------------------------------------------

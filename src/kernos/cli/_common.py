@@ -36,6 +36,14 @@ DbOpt = Annotated[
         "--database", envvar="KERNOS_DATABASE_URL", help="Database URL.", show_default=False
     ),
 ]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="console (readable lines) or json (one object per line, with run, step and trace "
+        "ids). Default: KERNOS_LOG_FORMAT, else console.",
+        show_default=False,
+    ),
+]
 AppOpt = Annotated[
     str | None,
     typer.Option(

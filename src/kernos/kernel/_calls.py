@@ -13,6 +13,7 @@ Events at a call's position, for kind ``k``: ``k_attempt`` (one per failed attem
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
@@ -105,6 +106,13 @@ class DurableCall:
     #: redacts a JSON value as the journal will store it: a service returns what it journals,
     #: so live code sees what replay will see
     scrub: Callable[[Any], Any] = field(default=lambda value: value, repr=False)
+    #: when this call was first attempted: its record's, or now (journaled with its outcome,
+    #: so that a trace shows the whole call, attempts made by a killed worker included)
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.record.started_at is not None:
+            self.started_at = self.record.started_at
 
     @property
     def idempotency_key(self) -> str:
@@ -128,10 +136,13 @@ class DurableCall:
         await self._write(f"{self.kind}_attempt", payload, duration, n)
 
     async def complete(self, payload: dict[str, Any], *, duration: float, n: int) -> None:
-        await self._write(f"{self.kind}_completed", payload, duration, n)
+        await self._write(f"{self.kind}_completed", self._timed(payload), duration, n)
 
     async def fail(self, payload: dict[str, Any], *, n: int) -> None:
-        await self._write(f"{self.kind}_failed", payload, None, n)
+        await self._write(f"{self.kind}_failed", self._timed(payload), None, n)
+
+    def _timed(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return payload if "started_at" in payload else {**payload, "started_at": self.started_at}
 
     def park(self, waiting_for: str, retry_at: float, payload: dict[str, Any]) -> NoReturn:
         """Suspend the run until ``retry_at`` (wall clock); the call starts a new round then."""

@@ -752,8 +752,10 @@ class Execution:
         self._boundary(pos)
         if recorded:
             fire_at = float(recorded[0].payload["fire_at"])
+            since = recorded[0].created_at
         else:
             fire_at = time.time() + max(0.0, seconds)
+            since = time.time()
             new.append(
                 self._event(
                     "timer_started",
@@ -767,7 +769,9 @@ class Execution:
             raise self._suspension("timer", new, Timer(pos, fire_at), None)
         if remaining > 0:
             await asyncio.sleep(remaining)
-        await self._write(*new, self._event("timer_fired", step=pos, name="sleep"))
+        await self._write(
+            *new, self._event("timer_fired", step=pos, name="sleep", payload={"since": since})
+        )
 
     async def wait_for_message(self, topic: str, timeout: float | None, default: Any) -> Any:
         pos, recorded = self._next("wait_for_message", topic)
@@ -787,11 +791,14 @@ class Execution:
                 name=topic,
                 payload={"topic": topic, "timeout": timeout, "deadline": deadline},
             )
-        message = await self._take_message(topic, pos)
+        since = recorded[0].created_at if recorded else time.time()
+        message = await self._take_message(topic, pos, since=since)
         if message is not None:
             return parse_json(message.payload, f"message {message.id}")
         if deadline is not None and time.time() >= deadline:
-            await self._write(self._event("message_timeout", step=pos, name=topic))
+            await self._write(
+                self._event("message_timeout", step=pos, name=topic, payload={"since": since})
+            )
             return default
         timer = Timer(pos, deadline) if deadline is not None else None
         raise self._suspension(f"message:{topic}", [], timer, MessageWait(topic))
@@ -905,6 +912,8 @@ class Execution:
             "by": approval.decided_by,
             "reason": approval.reason,
             "decided_at": approval.decided_at,
+            "asked_at": approval.created_at,
+            "escalated_at": approval.escalated_at,
         }
         await self._write(self._event("approval_decided", step=pos, name=kind, payload=payload))
         return payload
@@ -1055,7 +1064,12 @@ class Execution:
         return payload
 
     async def _take_message(
-        self, topic: str, pos: int, *, event_type: str = "message_received"
+        self,
+        topic: str,
+        pos: int,
+        *,
+        event_type: str = "message_received",
+        since: float | None = None,
     ) -> Message | None:
         """Consume a waiting message, committing it with the events not yet written.
 
@@ -1071,7 +1085,12 @@ class Execution:
                 type=event_type,
                 step=pos,
                 name=topic,
-                payload={"message_id": m.id, "sender": m.sender, "payload": json.loads(m.payload)},
+                payload={
+                    "message_id": m.id,
+                    "sender": m.sender,
+                    "payload": json.loads(m.payload),
+                    **({"since": since} if since is not None else {}),
+                },
                 created_at=time.time(),
             )
 
