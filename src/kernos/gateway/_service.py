@@ -32,6 +32,15 @@ class LLMService:
     async def aclose(self) -> None:
         await self.gateway.aclose()
 
+    def health(self) -> dict[str, str]:
+        """Each endpoint's circuit breaker (``{"openai:gpt-4o": "open"}``: closed, open or
+        half_open), read without changing any. A worker carries it in its heartbeat, so that
+        ``kernos status`` shows breaker states across the fleet."""
+        return {
+            endpoint: snapshot.state.value
+            for endpoint, snapshot in self.gateway.breaker_states().items()
+        }
+
     async def __call__(
         self,
         call: DurableCall,

@@ -7,6 +7,7 @@ import getpass
 import json
 import re
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from kernos.store import (
     RunState,
     Schedule,
     Store,
+    VersionRetired,
     new_run_id,
     open_store,
 )
@@ -123,27 +125,50 @@ class Client:
         ``tenant`` names who the run's costs are charged to (``default`` if not given); the
         runs it spawns inherit it. ``principal`` is who starts it (default: the operating
         system's user), which policy rules can read and the runs it spawns inherit.
+
+        Without ``version`` the run starts on the newest version that is not retired (newest:
+        registered last in ``registry`` if it has the agent, else in the database).
+        ``VersionRetired`` when the version named, or every version, is retired.
         """
         tenant = check_tenant(tenant)
-        resolved = await self._version_of(agent, version)
-        text = self._encode_input(agent, resolved, input)
-        if self.redactor is not None:
-            text = self.redactor.for_tenant(tenant).json_text(text)
         if delay is not None and delay < 0:
             raise InvalidInput(f"delay must be >= 0 seconds, not {delay}")
-        run_at = time.time() + delay if delay else None
-        return await self.store.create_run(
-            NewRun(
-                id=run_id or new_run_id(),
-                agent=agent,
-                agent_version=resolved,
-                input=text,
-                priority=priority,
-                run_at=run_at,
-                tenant=tenant,
-                principal=principal or _person(),
-            )
+        resolved = await self._version_of(agent, version)
+        new = NewRun(
+            id=run_id or new_run_id(),
+            agent=agent,
+            agent_version=resolved,
+            input=self._run_input(agent, resolved, input, tenant),
+            priority=priority,
+            run_at=time.time() + delay if delay else None,
+            tenant=tenant,
+            principal=principal or _person(),
         )
+        try:
+            return await self.store.create_run(new)
+        except VersionRetired as exc:
+            if version is not None:
+                raise
+            other = await self._newest_unretired(agent, exc.retired)
+            if other is None:
+                raise
+        text = self._run_input(agent, other, input, tenant)
+        return await self.store.create_run(replace(new, agent_version=other, input=text))
+
+    def _run_input(self, agent: str, version: str, value: Any, tenant: str) -> str:
+        text = self._encode_input(agent, version, value)
+        if self.redactor is not None:
+            text = self.redactor.for_tenant(tenant).json_text(text)
+        return text
+
+    async def _newest_unretired(self, agent: str, retired: frozenset[str]) -> str | None:
+        """The newest version of ``agent`` not in ``retired``: a run started without naming a
+        version goes there when the newest is retired (a rollback)."""
+        if agent in self.registry:
+            versions = [s.version for s in self.registry if s.name == agent]
+        else:
+            versions = [a.version for a in await self.store.list_agents() if a.name == agent]
+        return next((v for v in reversed(versions) if v not in retired), None)
 
     async def get(self, run_id: str) -> Run:
         return await self.store.get_run(run_id)
