@@ -1,6 +1,7 @@
 """The store layer: one schema on SQLite or PostgreSQL, behind the ``Store`` protocol."""
 
 from kernos.store._commit import CommitStats
+from kernos.store._dashboard import WAIT_KINDS, EventFields, RunQuery, TimedTotals
 from kernos.store._fleet import DEAD_AFTER_TTLS, VersionRetired
 from kernos.store._ids import new_run_id
 from kernos.store._open import DEFAULT_URL, open_store
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_URL",
     "LATEST_VERSION",
     "ROLES",
+    "WAIT_KINDS",
     "AgentVersion",
     "ApiKey",
     "Approval",
@@ -70,6 +72,7 @@ __all__ = [
     "CommitStats",
     "Control",
     "Event",
+    "EventFields",
     "EventTotals",
     "FleetStatus",
     "Heartbeat",
@@ -84,12 +87,14 @@ __all__ = [
     "Notification",
     "PinStatus",
     "Run",
+    "RunQuery",
     "RunState",
     "Schedule",
     "SchemaStatus",
     "SqlStore",
     "Store",
     "SuspendResult",
+    "TimedTotals",
     "Timer",
     "ToolDefinition",
     "ToolPin",

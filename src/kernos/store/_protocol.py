@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kernos.store._commit import CommitStats
+from kernos.store._dashboard import EventFields, RunQuery, TimedTotals
 from kernos.store._records import (
     AgentVersion,
     ApiKey,
@@ -100,6 +101,56 @@ class Store(Protocol):
     ) -> list[Run]: ...
     async def count_runs(self) -> dict[RunState, int]: ...
     async def load_journal(self, run_id: str, *, after_seq: int = 0) -> list[Event]: ...
+
+    # -- read-only views for the dashboard (see _dashboard.py for what each costs) ---------
+
+    async def list_runs_page(self, query: RunQuery) -> list[Run]:
+        """A keyset page of runs, newest first, filtered as ``query`` says."""
+        ...
+
+    async def journal_page(self, run_id: str, *, after_seq: int, limit: int) -> list[Event]:
+        """At most ``limit`` events of a run after ``after_seq``, in order."""
+        ...
+
+    async def journal_extent(self, run_id: str) -> tuple[int, int]:
+        """How many events a run's journal holds, and its last seq."""
+        ...
+
+    async def sum_run_events(
+        self,
+        run_ids: Sequence[str],
+        *,
+        types: Sequence[str],
+        sums: Mapping[str, Sequence[JsonPath]],
+    ) -> dict[str, dict[str, float]]:
+        """Sums of payload fields over events of ``types``, per run named."""
+        ...
+
+    async def event_fields(
+        self,
+        *,
+        types: Sequence[str],
+        fields: Mapping[str, Sequence[JsonPath]],
+        since: float | None = None,
+        tenant: str | None = None,
+        limit: int = 10_000,
+    ) -> list[EventFields]:
+        """The newest events of ``types`` with chosen payload fields (for provider health)."""
+        ...
+
+    async def sum_events_over_time(
+        self,
+        *,
+        types: Sequence[str],
+        sums: Mapping[str, Sequence[JsonPath]],
+        group_by: str | Sequence[Sequence[JsonPath]],
+        bucket: float,
+        since: float,
+        tenant: str | None = None,
+        limit: int = 10_000,
+    ) -> list[TimedTotals]:
+        """``sum_events`` per time bucket (spend over time)."""
+        ...
 
     async def claim(
         self,

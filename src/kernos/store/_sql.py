@@ -32,6 +32,17 @@ from kernos.errors import (
     SchemaMismatch,
 )
 from kernos.store._commit import CommitStats
+from kernos.store._dashboard import (
+    EventFields,
+    RunQuery,
+    TimedTotals,
+    journal_extent,
+    select_event_fields,
+    select_journal_page,
+    select_runs_page,
+    sum_events_over_time,
+    sum_run_events,
+)
 from kernos.store._dialect import Dialect, Row, Tx, iter_chunks, placeholders
 from kernos.store._fenced import EVENT_COLUMNS
 from kernos.store._fleet import (
@@ -143,6 +154,7 @@ _RUN_COLUMNS = (
 )
 #: a run committing without suspending yields to its event loop at least this often (seconds)
 _YIELD_EVERY = 0.005
+_JOURNAL_COLUMNS = "seq, type, step, name, attempt, payload, created_at, duration"
 _INSERT_EVENT = f"INSERT INTO kernos_journal ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _OWN = (
     "UPDATE kernos_runs SET updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'running'"
@@ -558,6 +570,129 @@ class SqlStore:
 
     async def load_journal(self, run_id: str, *, after_seq: int = 0) -> list[Event]:
         return await self._call(self._load_journal, run_id, after_seq)
+
+    # -- read-only views for the dashboard (the SQL is in _dashboard.py) -------------------
+
+    def _list_runs_page(self, query: RunQuery) -> list[Run]:
+        with self._d.read() as tx:
+            return [_run(r) for r in select_runs_page(tx, _RUN_COLUMNS, query)]
+
+    async def list_runs_page(self, query: RunQuery) -> list[Run]:
+        """A keyset page of runs, newest first: ``query.before`` (older) or ``query.after``
+        (newer) than a run's id, each page one index range however deep."""
+        return await self._call(self._list_runs_page, query)
+
+    def _journal_page(self, run_id: str, after_seq: int, limit: int) -> list[Event]:
+        with self._d.read() as tx:
+            rows = select_journal_page(tx, _JOURNAL_COLUMNS, run_id, after_seq, limit)
+        return [_event(r) for r in rows]
+
+    async def journal_page(self, run_id: str, *, after_seq: int, limit: int) -> list[Event]:
+        """At most ``limit`` events of a run after ``after_seq``: a page of a long journal
+        without reading the rest of it."""
+        return await self._call(self._journal_page, run_id, after_seq, limit)
+
+    def _journal_extent(self, run_id: str) -> tuple[int, int]:
+        with self._d.read() as tx:
+            return journal_extent(tx, run_id)
+
+    async def journal_extent(self, run_id: str) -> tuple[int, int]:
+        """How many events a run's journal holds, and its last seq ((0, 0): none)."""
+        return await self._call(self._journal_extent, run_id)
+
+    def _sum_run_events(
+        self,
+        run_ids: Sequence[str],
+        types: Sequence[str],
+        sums: Mapping[str, Sequence[JsonPath]],
+    ) -> dict[str, dict[str, float]]:
+        with self._d.read() as tx:
+            return sum_run_events(tx, self._d, run_ids, types, sums)
+
+    async def sum_run_events(
+        self,
+        run_ids: Sequence[str],
+        *,
+        types: Sequence[str],
+        sums: Mapping[str, Sequence[JsonPath]],
+    ) -> dict[str, dict[str, float]]:
+        """Sums of payload fields over each named run's events of ``types`` (a page of the
+        runs list's costs in one query); runs without such events are left out."""
+        return await self._call(self._sum_run_events, list(run_ids), list(types), dict(sums))
+
+    def _event_fields(
+        self,
+        types: Sequence[str],
+        fields: Mapping[str, Sequence[JsonPath]],
+        since: float | None,
+        tenant: str | None,
+        limit: int,
+    ) -> list[EventFields]:
+        with self._d.read() as tx:
+            return select_event_fields(
+                tx, self._d, types=types, fields=fields, since=since, tenant=tenant, limit=limit
+            )
+
+    async def event_fields(
+        self,
+        *,
+        types: Sequence[str],
+        fields: Mapping[str, Sequence[JsonPath]],
+        since: float | None = None,
+        tenant: str | None = None,
+        limit: int = 10_000,
+    ) -> list[EventFields]:
+        """The newest ``limit`` events of ``types`` since ``since`` (of ``tenant``'s runs),
+        each with the payload fields asked for, as text: the first of a field's paths that is
+        present. A projection of the journal (provider health)."""
+        return await self._call(self._event_fields, list(types), dict(fields), since, tenant, limit)
+
+    def _sum_events_over_time(
+        self,
+        types: Sequence[str],
+        sums: Mapping[str, Sequence[JsonPath]],
+        group_by: str | Sequence[Sequence[JsonPath]],
+        bucket: float,
+        since: float,
+        tenant: str | None,
+        limit: int,
+    ) -> list[TimedTotals]:
+        with self._d.read() as tx:
+            return sum_events_over_time(
+                tx,
+                self._d,
+                types=types,
+                sums=sums,
+                group_by=group_by,
+                bucket=bucket,
+                since=since,
+                tenant=tenant,
+                limit=limit,
+            )
+
+    async def sum_events_over_time(
+        self,
+        *,
+        types: Sequence[str],
+        sums: Mapping[str, Sequence[JsonPath]],
+        group_by: str | Sequence[Sequence[JsonPath]],
+        bucket: float,
+        since: float,
+        tenant: str | None = None,
+        limit: int = 10_000,
+    ) -> list[TimedTotals]:
+        """``sum_events`` per time bucket of ``bucket`` seconds since ``since``, grouped by
+        ``agent``, ``tenant`` or payload fields, oldest bucket first (spend over time)."""
+        return await self._call(
+            self._sum_events_over_time,
+            list(types),
+            dict(sums),
+            group_by,
+            bucket,
+            since,
+            tenant,
+            limit,
+        )
 
     # -- claiming and leases --------------------------------------------------------------
 
