@@ -7,6 +7,7 @@ official protobuf definitions, as a collector would.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,3 +278,30 @@ async def _journal_steps(db_url: str, run_id: str) -> int:
         return sum(e.type == "step_completed" for e in await client.journal(run_id))
     finally:
         await client.close()
+
+
+@pytest.mark.slow
+async def test_spans_handed_to_the_sidecar_outlive_a_sigkilled_worker(
+    db_url: str, workers: Workers, http_receiver: OtlpHttpReceiver
+) -> None:
+    """The sidecar batches for 30 s here; the worker is SIGKILLed right after the run ends:
+    the pipe closes and the sidecar exports what it holds at once, then exits."""
+    app = load_app(str(APPS / "telemetry_app.py"))
+    client = await connect(db_url, registry=app)
+    try:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "30000",
+        }
+        worker = workers.start(db_url, app="telemetry_app.py", env=env)
+        run = await client.start("traced", {"steps": 3, "seconds": 0.01})
+        done = await client.wait(run.id, timeout=30)
+        assert done.state == RunState.COMPLETED
+        await asyncio.sleep(0.3)  # > the worker's hand-over interval (0.1 s)
+        assert http_receiver.of_trace(trace_id_hex(run.id)) == []  # still batched
+        assert worker.kill() < 0
+        await until(lambda: len(http_receiver.of_trace(trace_id_hex(run.id))) >= 4, timeout=20)
+    finally:
+        await client.close()
+    names = sorted(s.name for s in http_receiver.of_trace(trace_id_hex(run.id)))
+    assert names == ["invoke_agent traced", *[f"kernos.step part-{i}" for i in (1, 2, 3)]]

@@ -71,6 +71,7 @@ class WorkerMetrics:
     ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._children: dict[tuple[str, tuple[str, str]], tuple[Any, Any]] = {}
         self._tenant = _Tenants()
         self.claims = Counter(
             "kernos_run_claims", "Runs claimed by this worker.", ["agent"], registry=r
@@ -155,9 +156,17 @@ class WorkerMetrics:
         for ev in events:
             kind = _KIND_OF.get(ev.type)
             if kind is not None:
-                self.steps.labels(run.agent, kind[0], kind[1]).inc()
+                # label lookups cost more than the increments: each series' child is cached
+                key = (run.agent, kind)
+                children = self._children.get(key)
+                if children is None:
+                    children = self._children[key] = (
+                        self.steps.labels(run.agent, kind[0], kind[1]),
+                        self.step_seconds.labels(run.agent, kind[0]),
+                    )
+                children[0].inc()
                 if ev.duration is not None:
-                    self.step_seconds.labels(run.agent, kind[0]).observe(ev.duration)
+                    children[1].observe(ev.duration)
             if ev.type == "llm_attempt":
                 self._attempt(ev.payload)
             elif ev.type == "llm_completed":

@@ -398,3 +398,6 @@ _HANDLERS: dict[str, Callable[[Run, Event, bool], SpanData | None]] = {
     "message_timeout": _wait("message", "since"),
     "approval_decided": _wait("approval", "asked_at"),
 }
+
+#: the event types that make a span (besides the run's end)
+SPAN_EVENTS = frozenset(_HANDLERS)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from typing import Any
 from urllib.parse import unquote
@@ -111,18 +112,30 @@ class TraceExporter:
         )
 
 
-def tracing_from_env(
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """What the ``OTEL_*`` variables ask for, checked (a bad value fails at start)."""
+
+    protocol: str
+    endpoint: str | None
+    traces_endpoint: str | None
+    insecure: bool
+    delay_ms: float
+    resource: dict[str, str]
+    content: bool
+
+
+def tracing_settings(
     env: Mapping[str, str] = os.environ, *, service_name: str = "kernos-worker"
-) -> TraceExporter | None:
-    """The exporter the standard ``OTEL_*`` variables ask for, or None (tracing off)."""
+) -> TracingSettings | None:
+    """The tracing the environment asks for, or None (tracing off)."""
     if env.get("OTEL_SDK_DISABLED", "").lower() in _TRUE:
         return None
     exporters = {e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "").lower().split(",") if e}
     if "none" in exporters:
         return None
-    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
+    traces_endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    endpoint = traces_endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if "otlp" not in exporters and not endpoint:
         return None
     protocol = (
@@ -130,41 +143,31 @@ def tracing_from_env(
         or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "http/protobuf"
     ).lower()
-    traces_endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    exporter: SpanExporter
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
-        insecure = (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_INSECURE")
-            or env.get("OTEL_EXPORTER_OTLP_INSECURE")
-            or ""
-        ).lower() in _TRUE or (endpoint or "").startswith("http://")
-        exporter = GrpcExporter(endpoint=endpoint, insecure=insecure or None)
-    elif protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpExporter,
-        )
-
-        url = traces_endpoint or (f"{endpoint.rstrip('/')}/v1/traces" if endpoint else None)
-        exporter = HttpExporter(endpoint=url)
-    else:
+    if protocol not in ("grpc", "http/protobuf"):
         raise ConfigError(
             f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported by kernos; use "
             f"'http/protobuf' (the default) or 'grpc'"
         )
-    delay = float(env.get("OTEL_BSP_SCHEDULE_DELAY", "1000"))
-    attributes: dict[str, str] = {}
+    insecure = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_INSECURE")
+        or env.get("OTEL_EXPORTER_OTLP_INSECURE")
+        or ""
+    ).lower() in _TRUE or (endpoint or "").startswith("http://")
+    try:
+        delay = float(env.get("OTEL_BSP_SCHEDULE_DELAY", "1000"))
+    except ValueError:
+        raise ConfigError(
+            f"OTEL_BSP_SCHEDULE_DELAY={env.get('OTEL_BSP_SCHEDULE_DELAY')!r} is not a number of "
+            f"milliseconds"
+        ) from None
+    resource: dict[str, str] = {}
     for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
         key, sep, value = item.partition("=")
         if sep and key.strip():
-            attributes[unquote(key.strip())] = unquote(value.strip())
-    attributes["service.name"] = (
-        env.get("OTEL_SERVICE_NAME") or attributes.get("service.name") or service_name
+            resource[unquote(key.strip())] = unquote(value.strip())
+    resource["service.name"] = (
+        env.get("OTEL_SERVICE_NAME") or resource.get("service.name") or service_name
     )
-    resource = Resource.create(attributes)
     content = any(
         env.get(name, "").lower() in _TRUE
         for name in (
@@ -172,10 +175,48 @@ def tracing_from_env(
             "KERNOS_OTEL_CAPTURE_CONTENT",
         )
     )
-    return TraceExporter(
-        BatchSpanProcessor(exporter, schedule_delay_millis=delay),
+    return TracingSettings(
+        protocol=protocol,
+        endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        traces_endpoint=traces_endpoint,
+        insecure=insecure,
+        delay_ms=delay,
         resource=resource,
         content=content,
+    )
+
+
+def tracing_from_env(
+    env: Mapping[str, str] = os.environ, *, service_name: str = "kernos-worker"
+) -> TraceExporter | None:
+    """An in-process exporter as the ``OTEL_*`` variables ask, or None (tracing off)."""
+    settings = tracing_settings(env, service_name=service_name)
+    return None if settings is None else exporter_for(settings)
+
+
+def exporter_for(settings: TracingSettings) -> TraceExporter:
+    exporter: SpanExporter
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        exporter = GrpcExporter(
+            endpoint=settings.traces_endpoint or settings.endpoint,
+            insecure=settings.insecure or None,
+        )
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+
+        base = settings.endpoint
+        url = settings.traces_endpoint or (f"{base.rstrip('/')}/v1/traces" if base else None)
+        exporter = HttpExporter(endpoint=url)
+    return TraceExporter(
+        BatchSpanProcessor(exporter, schedule_delay_millis=settings.delay_ms),
+        resource=Resource.create(settings.resource),
+        content=settings.content,
     )
 
 
