@@ -27,6 +27,7 @@ from kernos.kernel import (
 from . import _budgets, _costs, _health, _oversight, _runs, _tools
 from ._auth import Authentication, KeyCache
 from ._config import ApiConfig
+from ._dashboard import mount_dashboard
 from ._feed import JournalFeed
 from ._limits import BodyLimit
 from ._problems import (
@@ -124,6 +125,7 @@ def create_app(
         _tools.router,
     ):
         app.include_router(router)
+    mount_dashboard(app)  # the web dashboard at /, outside /openapi.json
     # The last added runs first: keys are checked before a body is even read.
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(Authentication, keys=state.keys)
