@@ -24,7 +24,7 @@ from kernos.kernel import (
     load_settings,
 )
 
-from . import _budgets, _costs, _health, _oversight, _runs, _tools
+from . import _budgets, _costs, _health, _metrics, _oversight, _runs, _tools
 from ._auth import Authentication, KeyCache
 from ._config import ApiConfig
 from ._dashboard import mount_dashboard
@@ -117,6 +117,7 @@ def create_app(
     app.add_exception_handler(Exception, on_unexpected)
     for router in (
         _health.router,
+        _metrics.router,
         _runs.router,
         _oversight.approvals,
         _oversight.audit,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -15,6 +15,8 @@ from kernos.api import create_app
 from kernos.errors import InfrastructureError, KernosError, UsageError
 from kernos.governance import audit_config
 from kernos.kernel import REGISTRY, connect, load_app, load_settings
+
+from ._common import LogFormatOpt
 
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
@@ -44,14 +46,21 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Serve the HTTP API: runs, events (SSE), approvals, costs, budgets, audit, MCP tool
     pins; /openapi.json.
 
-    Every /v1 route needs an API key (kernos keys create). The database is migrated once before
+    Every /v1 route needs an API key (kernos keys create); /healthz, /readyz and /metrics
+    (Prometheus) do not. The database is migrated once before
     the server starts, and kernos.toml is audited (config.changed) if it changed since last
     recorded; with --workers N, N processes share the port.
     """
+    fmt = (log_format or os.environ.get("KERNOS_LOG_FORMAT") or "console").lower()
+    if fmt not in ("console", "json"):
+        err.print(f"[bold red]error:[/] log format {fmt!r}: use 'console' or 'json'")
+        raise typer.Exit(2)
+    logs = _log_config(log_level, fmt)
     try:
         settings = load_settings()
         url = database or settings.database_url
@@ -66,6 +75,7 @@ def serve(
             host=host,
             port=port,
             log_level=log_level.lower(),
+            log_config=logs,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         )
         return
@@ -80,8 +90,30 @@ def serve(
         host=host,
         port=port,
         log_level=log_level.lower(),
+        log_config=logs,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
+
+
+def _log_config(level: str, fmt: str) -> dict[str, Any]:
+    """uvicorn's loggers and ours, readable or as JSON lines (``kernos.telemetry``)."""
+    formatter: dict[str, Any] = (
+        {"()": "kernos.telemetry.JsonFormatter"}
+        if fmt == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    handler = {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"main": formatter},
+        "handlers": {"main": handler},
+        "loggers": {
+            name: {"handlers": ["main"], "level": level.upper(), "propagate": False}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+        "root": {"handlers": ["main"], "level": level.upper()},
+    }
 
 
 def _exit_code(exc: KernosError) -> int:

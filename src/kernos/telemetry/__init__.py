@@ -3,6 +3,7 @@ conventions, one trace per run) and Prometheus metrics; JSON logs that name run,
 trace. Everything here observes the journal through the kernel's ``Observer`` protocol; with
 nothing configured, nothing runs."""
 
+from kernos.telemetry._fleet import fleet_metrics
 from kernos.telemetry._ids import span_id_of, trace_id_hex, trace_id_of
 from kernos.telemetry._logs import JsonFormatter, configure_logging
 from kernos.telemetry._metrics import MAX_TENANTS, WorkerMetrics
@@ -28,6 +29,7 @@ __all__ = [
     "call_span_id",
     "configure_logging",
     "exporter_for",
+    "fleet_metrics",
     "run_span_id",
     "serve_metrics",
     "span_id_of",
