@@ -70,6 +70,7 @@ from ._common import (
     err,
     out,
 )
+from ._fleet import agents_app, status
 from ._oversight import approvals_app, audit_app, keys_app
 from ._policy import policy_app
 from ._render import (
@@ -107,7 +108,9 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(tools_app, name="tools")
+app.add_typer(agents_app, name="agents")
 app.command()(serve)
+app.command()(status)
 
 
 def _parse(text: str, what: str) -> Any:
