@@ -50,11 +50,12 @@ from kernos.kernel import (
 )
 from kernos.store import RunState, open_store
 from kernos.telemetry import (
-    TraceExporter,
+    SpanPipe,
+    TracingSettings,
     WorkerMetrics,
     configure_logging,
     serve_metrics,
-    tracing_from_env,
+    tracing_settings,
 )
 
 from ._common import (
@@ -400,7 +401,7 @@ def worker(
         services = default_services()  # kernos.toml: a bad file stops the worker here
         notifier = notifier_from_config()
         tune_gc()
-        tracing = tracing_from_env()  # OTEL_*: off unless configured
+        tracing = tracing_settings()  # OTEL_*: off unless configured
         asyncio.run(
             _run_worker(
                 database or settings.database_url,
@@ -454,12 +455,16 @@ async def _run_worker(
 class _Telemetry:
     """A worker's traces and metrics, as its options and environment ask."""
 
-    tracing: TraceExporter | None
+    tracing: TracingSettings | None
     metrics_port: int | None
     metrics_host: str
+    pipe: SpanPipe | None = None
 
     def observer(self, services: dict[str, CallService], active: Callable[[], int]) -> Any:
-        observers: list[Observer] = [] if self.tracing is None else [self.tracing]
+        observers: list[Observer] = []
+        if self.tracing is not None:  # spans are built and sent by a process of their own
+            self.pipe = SpanPipe(self.tracing)
+            observers.append(self.pipe)
         if self.metrics_port is not None:
             llm = services.get("llm")
             breakers = getattr(llm, "health", None)  # {endpoint: breaker state}
@@ -470,8 +475,8 @@ class _Telemetry:
         return Observers(observers) if observers else None
 
     async def close(self) -> None:
-        if self.tracing is not None:
-            await self.tracing.aclose()
+        if self.pipe is not None:
+            await self.pipe.aclose()
 
 
 def _log_format(option: str | None) -> str:
