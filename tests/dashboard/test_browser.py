@@ -139,10 +139,10 @@ def test_a_run_and_the_runs_list_follow_the_run_live(sign_in: SignIn, stack: Sta
     stack.call(stack.client.send(run.id, "go", {"hello": "world"}, sender="test"))
     expect(page.locator("#run-state")).to_have_text("completed", timeout=LIVE)
     expect(page.locator("#run-output")).to_contain_text('"hello": "world"')
-    expect(page.locator("tr.ev .type", has_text="run_completed")).to_have_count(1, timeout=LIVE)
-    expect(page.locator("tr.ev .type", has_text="message_received")).to_have_count(1)
+    expect(page.locator(".row.ev .type", has_text="run_completed")).to_have_count(1, timeout=LIVE)
+    expect(page.locator(".row.ev .type", has_text="message_received")).to_have_count(1)
     expect(row).to_have_attribute("data-state", "completed", timeout=LIVE)
-    seqs = page.locator("tr.ev").evaluate_all("rs => rs.map(r => +r.dataset.seq)")
+    seqs = page.locator("#timeline .row.ev").evaluate_all("rs => rs.map(r => +r.dataset.seq)")
     assert seqs == sorted(set(seqs))  # live rows came once each, in order
 
 
@@ -180,7 +180,7 @@ def test_approving_a_tool_call_through_the_page_completes_the_run(
     page.locator("#actions button[data-action=approve]").click()
     expect(page).to_have_url(f"{stack.url}/runs/{second.id}?did=approved")
     expect(page.locator("#run-state")).to_have_text("completed", timeout=LIVE)
-    expect(page.locator("tr.ev .type", has_text="tool_completed")).to_have_count(1, timeout=LIVE)
+    expect(page.locator(".row.ev .type", has_text="tool_completed")).to_have_count(1, timeout=LIVE)
     assert stack.ledger[-1] == {"order_id": "A-17", "amount": 420.0}
 
 
@@ -220,7 +220,7 @@ def test_a_run_of_ten_thousand_events_is_read_a_page_at_a_time(
     run_id = stack.call(written_run(stack.client.store, 10_000))
     page = sign_in("viewer")
     page.goto(f"/runs/{run_id}")
-    rows = page.locator("#timeline tr.ev")
+    rows = page.locator("#timeline .row.ev")
     expect(page.locator("#event-count")).to_have_text("10001 events")
     expect(rows).to_have_count(200)  # the first page only, however long the journal
     page.locator("#more").scroll_into_view_if_needed()
@@ -230,11 +230,18 @@ def test_a_run_of_ten_thousand_events_is_read_a_page_at_a_time(
     seqs = rows.evaluate_all("rs => rs.map(r => +r.dataset.seq)")
     assert seqs == list(range(1, 601))
     # a kind of event can be hidden, and shown again
-    llm = page.locator("#timeline tr.c-llm").first
+    llm = page.locator("#timeline .row.c-llm").first
     expect(llm).to_be_visible()
     page.locator("input[data-cat=llm]").uncheck()
     expect(llm).to_be_hidden()
     page.locator("input[data-cat=llm]").check()
     expect(llm).to_be_visible()
-    page.locator("#timeline tr.ev details summary").first.click()
-    expect(page.locator("#timeline tr.ev .payload").first).to_contain_text("provider")
+    page.locator("#timeline .row.ev details summary").first.click()
+    expect(page.locator("#timeline .row.ev .payload").first).to_contain_text("provider")
+    # the last page says so: nothing more to load
+    short = stack.call(written_run(stack.client.store, 250))
+    page.goto(f"/runs/{short}")
+    expect(rows).to_have_count(200)
+    page.locator("#more").click()
+    expect(rows).to_have_count(251)
+    expect(page.locator("#more")).to_be_hidden()

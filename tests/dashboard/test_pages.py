@@ -263,7 +263,7 @@ async def test_a_long_journal_is_served_a_page_at_a_time(web: Web) -> None:
     run_id = await written_run(web.client.store, 450)
     page = await web.get(f"/runs/{run_id}")
     assert page.status_code == 200
-    assert page.text.count('<tr class="ev ') == 200
+    assert page.text.count('<div class="row ev ') == 200
     assert 'data-next="200"' in page.text and 'data-last-seq="451"' in page.text
     assert f'href="/runs/{run_id}?after=200"' in page.text
     seen = 200

@@ -281,13 +281,14 @@ async def run_page(request: Request, run_id: str) -> HTMLResponse:
     context = await _run_context(request, svc, session, run)
     events = await svc.client.store.journal_page(run.id, after_seq=0, limit=EVENTS_PAGE)
     rows = rows_of(events, run.created_at)
+    span = span_of(rows, _lifetime(run))
     return page(
         request,
         "run.html",
         session=session,
         nav="runs",
         rows=rows,
-        span=span_of(rows, 0.0),
+        span=span,
         next=events[-1].seq
         if len(events) == EVENTS_PAGE and events[-1].seq < context["last_seq"]
         else None,
@@ -322,7 +323,7 @@ async def run_timeline(request: Request, run_id: str) -> HTMLResponse:
         "_timeline_rows.html",
         headers={"X-Next": following},
         rows=rows,
-        span=span_of(rows, 0.0),
+        span=span_of(rows, _lifetime(run)),
         run=run,
     )
 
@@ -339,6 +340,12 @@ async def run_event(request: Request, run_id: str, seq: int) -> JSONResponse:
     return JSONResponse(
         EventOut.of(found[0]).model_dump(mode="json"), headers={"Cache-Control": "no-store"}
     )
+
+
+def _lifetime(run: Run) -> float:
+    """The run's time axis: creation to its end, or to now while it goes on."""
+    end = run.updated_at if run.state.terminal else time.time()
+    return end - run.created_at
 
 
 def _int(request: Request, name: str) -> int:

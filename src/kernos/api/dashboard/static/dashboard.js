@@ -60,18 +60,20 @@
 
   function Timeline(table) {
     this.table = table;
-    this.body = table.tBodies[0];
+    this.body = document.getElementById("timeline-rows");
     this.run = table.dataset.run;
+    // the time axis: the run's whole life as the server saw it; it grows only if rows of a
+    // live run go past it, and then every row's bar is redrawn to the new scale
     this.span = parseFloat(table.dataset.span) || 0.001;
     this.loading = false;
     this.more = document.getElementById("more");
     this.progress = document.getElementById("progress");
     this.stepStart = {};
-    this.noteRows(Array.from(this.body.rows));
+    this.noteRows(Array.from(this.body.children));
   }
 
   Timeline.prototype.lastSeq = function () {
-    const last = this.body.rows[this.body.rows.length - 1];
+    const last = this.body.lastElementChild;
     return last ? parseInt(last.dataset.seq, 10) : 0;
   };
 
@@ -96,29 +98,25 @@
       }
       span = Math.max(span, parseFloat(row.dataset.end) || 0);
     }
-    this.rescale(span, rows);
-  };
-
-  Timeline.prototype.rescale = function (span, fresh) {
     const grew = span > this.span * 1.0001;
-    if (grew) this.span = span;
+    if (grew) this.span = this.table.dataset.live === "yes" ? span * 1.2 : span;
     const box = "0 0 " + this.span + " 10";
-    const rows = grew ? this.body.rows : fresh;
-    for (const row of rows) {
+    for (const row of grew ? this.body.children : rows) {
       const svg = row.querySelector("svg.bar");
-      if (svg) svg.setAttribute("viewBox", box);
+      if (svg && svg.getAttribute("viewBox") !== box) svg.setAttribute("viewBox", box);
     }
   };
 
   Timeline.prototype.append = function (html, next) {
-    const before = this.body.rows.length;
-    this.body.insertAdjacentHTML("beforeend", html);
-    const rows = Array.from(this.body.rows).slice(before);
+    const parsed = document.createElement("template");
+    parsed.innerHTML = html;
+    const rows = Array.from(parsed.content.children);
     this.noteRows(rows);
-    localTimes(this.body);
+    localTimes(parsed.content);
+    this.body.append(parsed.content);
     this.table.dataset.next = next;
     if (this.more) this.more.hidden = !next;
-    if (this.progress) this.progress.textContent = this.body.rows.length + " events shown";
+    if (this.progress) this.progress.textContent = this.body.childElementCount + " events shown";
   };
 
   Timeline.prototype.fetchAfter = function (after) {
