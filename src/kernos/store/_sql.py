@@ -440,9 +440,16 @@ class SqlStore:
     def _create_run(self, new: NewRun) -> Run:
         self.check_size(f"the input of run {new.id}", new.input)
         with self._d.write() as tx:
-            if tx.fetchone("SELECT 1 FROM kernos_runs WHERE id = ?", (new.id,)) is not None:
+            # both checks in one round trip: the id is new, the version is not retired
+            row = tx.fetchone(
+                "SELECT (SELECT 1 FROM kernos_runs WHERE id = ?), (SELECT retired_at FROM "
+                "kernos_agents WHERE name = ? AND version = ?)",
+                (new.id, new.agent, new.agent_version),
+            )
+            if row is not None and row[0] is not None:
                 raise InvalidInput(f"a run with id {new.id} exists already; ids must be unique")
-            refuse_retired(tx, new.agent, new.agent_version)
+            if row is not None and row[1] is not None:
+                refuse_retired(tx, new.agent, new.agent_version)
             return self._insert_run(tx, new, time.time())
 
     async def create_run(self, new: NewRun) -> Run:
