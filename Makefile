@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_FLAGS ?=
 
-.PHONY: demo test lint typecheck bench bench-peers clean
+.PHONY: demo test lint typecheck bench bench-peers screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 
 bench-peers:
 	$(MAKE) -C benchmarks peers
+
+# PNGs of the dashboard's pages for the README (needs Debian's chromium)
+screenshots: $(STAMP)
+	$(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .kernos .mypy_cache .ruff_cache

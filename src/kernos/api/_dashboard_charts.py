@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C6D1F")
 OTHER = "#999999"
+#: reference lines (a budget's limit): the stylesheet draws them dashed in this colour
+REFERENCE = "#C62828"
 #: the plot area inside the SVG's viewBox (left, top, right, bottom margins)
 WIDTH, HEIGHT = 960.0, 280.0
 LEFT, TOP, RIGHT, BOTTOM = 64.0, 12.0, 12.0, 36.0
@@ -190,7 +192,7 @@ def cumulative_line(
             Label(chart.width - RIGHT - 4, y(limit) - 5, f"budget {fmt(limit)}", "end", "ref")
         )
     _x_labels(chart, starts, bucket, slot)
-    chart.legend = [(PALETTE[0], "spent"), *([(OTHER, "budget")] if limit is not None else [])]
+    chart.legend = [(PALETTE[0], "spent"), *([(REFERENCE, "budget")] if limit is not None else [])]
     return chart
 
 
