@@ -49,9 +49,7 @@ def fleet_metrics(status: FleetStatus) -> bytes:
     ).set(status.waiting.get("approval", 0))
     workers = Gauge("kernos_workers", "Workers by state.", ["state"], registry=r)
     for worker_state in WorkerState:
-        workers.labels(worker_state.value).set(
-            sum(w.state == worker_state for w in status.workers)
-        )
+        workers.labels(worker_state.value).set(sum(w.state == worker_state for w in status.workers))
     alive = [w for w in status.workers if w.state == WorkerState.ALIVE]
     Gauge("kernos_fleet_capacity", "Runs the live workers may execute at once.", registry=r).set(
         sum(w.concurrency for w in alive)
