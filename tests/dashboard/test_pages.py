@@ -59,6 +59,9 @@ async def test_signing_in_sets_a_cookie_scripts_cannot_read(web: Web) -> None:
         headers={"Origin": "http://kernos.test"},
     )
     assert r.status_code == 303 and r.headers["location"] == "/"  # never off-site
+    for target in ("/\t/evil.example", "/\\evil.example", "https://evil.example", "x"):
+        r = await web.http.post("/login", data={"key": secret, "next": target})
+        assert r.headers["location"] == "/", target
     cookie = r.headers["set-cookie"]
     assert cookie.startswith(f"kernos_session={secret};")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
@@ -275,5 +278,9 @@ async def test_a_long_journal_is_served_a_page_at_a_time(web: Web) -> None:
         seen += len(rows)
         after = r.headers["x-next"]
     assert seen == 451
+    # the "Load more" link works without the page's script too
+    later = await web.get(f"/runs/{run_id}?after=400")
+    assert re.findall(r'data-seq="(\d+)"', later.text) == [str(n) for n in range(401, 452)]
+    assert "From event 401 on" in later.text and 'data-next=""' in later.text
     whole = await web.get(f"/runs/{run_id}/events/3.json")
     assert whole.json()["type"] == "memory_search" and whole.json()["seq"] == 3

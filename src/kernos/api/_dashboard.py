@@ -279,7 +279,9 @@ async def run_page(request: Request, run_id: str) -> HTMLResponse:
     svc = services(request)
     run = await visible_run(svc, session.principal, run_id)
     context = await _run_context(request, svc, session, run)
-    events = await svc.client.store.journal_page(run.id, after_seq=0, limit=EVENTS_PAGE)
+    # ?after=N: the page from there (the "Load more" link, followed without the script)
+    after = _int(request, "after")
+    events = await svc.client.store.journal_page(run.id, after_seq=after, limit=EVENTS_PAGE)
     rows = rows_of(events, run.created_at)
     span = span_of(rows, _lifetime(run))
     return page(

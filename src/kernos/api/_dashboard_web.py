@@ -166,6 +166,8 @@ def local_path(target: str | None, default: str = "/") -> str:
     """``target`` if it is a path on this site (never another host: no open redirect)."""
     if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
         return default
+    if not target.isprintable() or "\\" in target or len(target) > 2000:
+        return default  # browsers drop tabs and newlines: "/\t/evil.example" is "//evil..."
     return target
 
 
