@@ -1,7 +1,7 @@
 """kernos benchmarks (issue #4, section 8; issue #5, section 6): ``make bench`` runs this and
 prints one table.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only a,b,c,d,e,f,g,h,i,j,k,l,m,n]
+    .venv/bin/python benchmarks/run.py [--quick] [--only a,b,c,d,e,f,g,h,i,j,k,l,m,n,o]
                                        [--backends sqlite,postgresql]
 
 (a) per-step overhead of ``ctx.step`` against the single-commit floor measured in the same run;
@@ -15,7 +15,8 @@ through an outage and a flaky fallback; (h) the same through LiteLLM's Router, r
 on the simulator's tool-loop model: (i) the Agent loop's overhead per turn over raw SDK calls;
 (j) 1,000 concurrent 10-turn conversations in one worker: turns/s and memory per conversation;
 (k) the same workload on the OpenAI Agents SDK and LangGraph, run with ``.bench-venv``'s python.
-(n) issue #8: ctx.step and steps/s with tracing (OTLP/HTTP) and metrics on, against both off.
+(n) issue #8: ctx.step and steps/s with tracing (OTLP/HTTP) and metrics on, against both off;
+(o) issue #8: a run page of 10,000 journal events in Chromium (``benchmarks/dashboard.py``).
 
 The machine is noisy: every figure is printed with the floor measured in the same process just
 before it, and the ratio to that floor is what to compare. These are measurements, never tests:
@@ -123,7 +124,7 @@ def main() -> int:
         "--quick", action="store_true", help="fewer steps, runs, kills, repeats, LLM calls"
     )
     ap.add_argument(
-        "--only", default="a,b,c,d,e,f,g,h,i,j,k,l,m,n", help="which measurements, e.g. a,b"
+        "--only", default="a,b,c,d,e,f,g,h,i,j,k,l,m,n,o", help="which measurements, e.g. a,b"
     )
     ap.add_argument("--backends", default=",".join(BACKENDS), help="sqlite,postgresql")
     args = ap.parse_args()
@@ -139,6 +140,7 @@ def main() -> int:
 
     import agents
     import api
+    import dashboard
     import governance
     import memory
     import recovery
@@ -155,6 +157,7 @@ def main() -> int:
         ("j", lambda b: agents.bench_j(b, conversations=200 if q else 1000)),
         ("m", lambda b: api.bench_api(b, quick=q)),
         ("n", lambda b: telemetry.bench_n(b, repeat=1 if q else 3, quick=q)),
+        ("o", lambda b: dashboard.measure(b, 10_000, 3 if q else 10)),
     ]
     rows: list[Row] = []
     failed = False
