@@ -7,29 +7,17 @@ server fails those tests (CI).
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from urllib.parse import quote
 
-import psycopg
 import pytest
+from _db_support import PG_URL, SKIP_PG, pg_schema
 from _kernel_support import WorkerFactory
 from _procs import Workers
 
 from kernos.kernel import Client, Registry, Worker, WorkerConfig, connect
 from kernos.testing import FAST, running_worker
-
-PG_URL = os.environ.get("KERNOS_TEST_DATABASE_URL")
-SKIP_PG = "PostgreSQL tests skipped: set KERNOS_TEST_DATABASE_URL=postgresql://... to run them"
-
-
-def pg_schema_url(schema: str) -> str:
-    assert PG_URL is not None
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
 @pytest.fixture
@@ -37,14 +25,8 @@ def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL schema for one test, dropped afterwards."""
     if not PG_URL:
         pytest.skip(SKIP_PG)
-    schema = f"kt_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    with pg_schema("kt") as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
+from _db_support import PG_URL, SKIP_PG, pg_schema
 from api._api_support import CONFIG, make_keys, register_agents
-from conftest import PG_URL, SKIP_PG, pg_schema_url
 
 from kernos.api import create_app
 from kernos.kernel import Registry
@@ -47,14 +45,8 @@ def module_db(
         return
     if not PG_URL:
         pytest.skip(SKIP_PG)
-    schema = f"kd_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    with pg_schema("kd") as url:
+        yield url
 
 
 def chromium_path() -> str:
