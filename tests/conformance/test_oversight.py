@@ -475,3 +475,31 @@ async def test_a_decision_waits_for_a_suspension_in_progress_and_then_wakes_the_
         suspending.commit()
     await deciding
     assert (await store.get_run(run_id)).state == RunState.QUEUED  # woken
+
+
+async def test_a_hold_released_by_two_racing_transactions_is_given_back_once(
+    store: SqlStore, db_url: str
+) -> None:
+    """A worker that lost its lease settles a call while its successor releases the same hold:
+    the reservation is given back once, and another call's reservation stays whole."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: the two transactions cannot interleave")
+    import psycopg
+
+    assert (await store.reserve_budget([charge(usd=1.0)], hold="rA:1", run_id="rA")).ok
+    assert (await store.reserve_budget([charge(usd=1.0)], hold="rB:1", run_id="rB")).ok
+    with psycopg.connect(db_url, autocommit=False) as successor:
+        successor.execute("DELETE FROM kernos_budget_holds WHERE id = 'rA:1' RETURNING charges")
+        successor.execute(
+            "UPDATE kernos_budget_usage SET reserved_usd = reserved_usd - 1.0 WHERE budget = 'daily'"
+        )
+        late = asyncio.create_task(
+            store.settle_budget([charge(usd=1.0)], usd=0.0, tokens=0, hold="rA:1")
+        )
+        await asyncio.sleep(0.3)
+        assert not late.done()  # it waits for the successor's transaction
+        successor.commit()
+    await late
+    [usage] = await store.budget_usage()
+    assert usage.reserved_usd == 1.0  # rB's call is still in flight and still reserved
+    assert [c.usd for c in await store.held_budget("rB:1")] == [1.0]

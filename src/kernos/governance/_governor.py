@@ -206,21 +206,17 @@ class Governor:
         await self.store.settle_budget(verdict.hold, usd=usd, tokens=tokens, hold=call.key or None)
 
     async def resume(self, call: CallCheck, payload: Mapping[str, Any]) -> Verdict | None:
-        """A call allowed before its worker died: the successor settles it. What the dead
-        worker reserved is taken over; if the run's budgets have no record of it (the hold
-        was given back), the real cost is still counted against them."""
-        names = payload.get("budgets")
-        if call.kind != "llm" or not names:
+        """A call going ahead on an earlier decision: it takes over what an earlier attempt
+        reserved (a killed worker's, kept under the call's id), or, with nothing held (it
+        was settled at a park, or a person approved the call just now), is checked against
+        the budgets again and reserves anew."""
+        if call.kind != "llm":
             return None
         held = await self.store.held_budget(call.key) if call.key else []
-        if not held:
-            now = time.time()
-            held = [
-                BudgetCharge(b.name, key, b.period_start(now), b.usd, b.tokens, 0.0, 0)
-                for b in self.budgets
-                if b.name in names and (key := b.key(call)) is not None
-            ]
-        return Verdict("allow", payload=dict(payload), hold=held) if held else None
+        if held:
+            return Verdict("allow", payload=dict(payload), hold=held)
+        verdict = await self._budgets(call, {})
+        return None if verdict.effect == "allow" and not verdict.hold else verdict
 
     def estimate(self, call: CallCheck) -> Estimate:
         """A call's cost before it is made: over- rather than under-counted."""

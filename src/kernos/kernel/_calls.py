@@ -195,9 +195,11 @@ class Gatekeeper(Protocol):
         ...
 
     async def resume(self, call: CallCheck, payload: Mapping[str, Any]) -> Verdict | None:
-        """The call was allowed (``payload``: the journaled decision) by a worker that died
-        before it ended, and is being made again: the verdict whose ``hold`` this worker
-        settles (None: nothing to settle)."""
+        """The call goes ahead on an earlier decision (``payload``, journaled): one made before
+        its worker died or before a park, or a policy's ``require_approval`` a person has just
+        approved. What it may spend is checked again: the verdict whose ``hold`` this worker
+        settles (taking over what an earlier attempt reserved), ``wait`` or ``deny`` when a
+        budget is spent, or None (nothing to settle)."""
         ...
 
 

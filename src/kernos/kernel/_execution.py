@@ -67,7 +67,7 @@ from kernos.kernel._notify import (
     NotificationPump,
     approval_notification,
 )
-from kernos.kernel._observe import Observer
+from kernos.kernel._observe import Observer, safely
 from kernos.kernel._registry import AgentSpec, Registry
 from kernos.kernel._replay import CANCEL_DELIVERED, History
 from kernos.kernel._retry import policy_of
@@ -434,9 +434,10 @@ class Execution:
         return out
 
     def _observed(self, events: Sequence[Event]) -> None:
-        """``events`` are committed: tell the observer (once: replay commits nothing)."""
+        """``events`` are committed: tell the observer (once: replay commits nothing). An
+        observer's failure is logged, never the run's."""
         if self.observer is not None and events:
-            self.observer.committed(self.run, events)
+            safely(self.observer.committed, self.run, events)
 
     async def _write(self, *events: Event) -> None:
         batch = self._flush(list(events))
@@ -604,7 +605,7 @@ class Execution:
             _current_key.reset(token)
             self._inflight -= 1
             if gate is not None and self.gatekeeper is not None:
-                await self.gatekeeper.settle(gate[0], gate[1], result)
+                await self._store_call(self.gatekeeper.settle, gate[0], gate[1], result)
         event = self._event(
             f"{kind}_parked",
             step=pos,
@@ -642,18 +643,13 @@ class Execution:
         checked = next((ev for ev in recorded if ev.type == f"{kind}_checked"), None)
         verdict: Verdict | None = None
         if checked is None:
-            verdict = await self.gatekeeper.check(check)
+            verdict = await self._store_call(self.gatekeeper.check, check)
             if verdict.effect == "wait":
-                when = verdict.retry_at or time.time() + 60
-                await self._quiesce()
-                raise self._suspension(verdict.waiting_for, [], Timer(pos, when), None)
+                await self._wait_for_gate(pos, verdict)
             payload = {"effect": verdict.effect, "reason": verdict.reason, **verdict.payload}
             self._buffer(f"{kind}_checked", step=pos, name=name, payload=payload)
         else:
             payload = checked.payload
-            if payload.get("effect", "allow") == "allow":
-                # a killed worker's call made again: settle what it reserved
-                verdict = await self.gatekeeper.resume(check, payload)
         effect = payload.get("effect", "allow")
         if effect == "deny":
             await self._refuse(kind, name, pos, str(payload.get("reason", "")), payload)
@@ -680,7 +676,22 @@ class Execution:
             answer = decision.get("answer")
             if kind == "tool" and isinstance(answer, Mapping):
                 args = (dict(answer), *args[1:])
+        if checked is not None or effect == "require_approval":
+            # The call goes ahead on a decision made earlier (a killed worker's, one before a
+            # park) or after a person's approval: the checks that hold what it may spend
+            # (budgets) are made again now; what an earlier attempt reserved is taken over.
+            verdict = await self._store_call(self.gatekeeper.resume, check, payload)
+            if verdict is not None and verdict.effect == "wait":
+                await self._wait_for_gate(pos, verdict)
+            if verdict is not None and verdict.effect == "deny":
+                await self._refuse(kind, name, pos, verdict.reason, verdict.payload)
         return args, ((check, verdict) if verdict is not None else None)
+
+    async def _wait_for_gate(self, pos: int, verdict: Verdict) -> NoReturn:
+        """Not now (a spent budget): wait, holding nothing, and ask again at ``retry_at``."""
+        when = verdict.retry_at or time.time() + 60
+        await self._quiesce()
+        raise self._suspension(verdict.waiting_for, [], Timer(pos, when), None)
 
     async def _refuse(
         self, kind: str, name: str, pos: int, reason: str, payload: Mapping[str, Any]

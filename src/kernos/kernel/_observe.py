@@ -41,18 +41,19 @@ class Observers:
 
     def committed(self, run: Run, events: Sequence[Event]) -> None:
         for o in self.observers:
-            _safely(o.committed, run, events)
+            safely(o.committed, run, events)
 
     def claimed(self, run: Run, waited: float) -> None:
         for o in self.observers:
-            _safely(o.claimed, run, waited)
+            safely(o.claimed, run, waited)
 
     def leases(self, renewed: int, lost: int) -> None:
         for o in self.observers:
-            _safely(o.leases, renewed, lost)
+            safely(o.leases, renewed, lost)
 
 
-def _safely(fn: Callable[..., object], *args: object) -> None:
+def safely(fn: Callable[..., object], *args: object) -> None:
+    """Call an observer: its failure is logged, never the worker's or a run's."""
     try:
         fn(*args)
     except Exception:  # observing must never break a run

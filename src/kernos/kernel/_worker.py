@@ -26,7 +26,7 @@ from kernos.kernel._execution import Execution, WorkerSignals
 from kernos.kernel._faults import Faults
 from kernos.kernel._memory import Embedder, Scrubber
 from kernos.kernel._notify import NotificationPump, Notifier
-from kernos.kernel._observe import Observer
+from kernos.kernel._observe import Observer, safely
 from kernos.kernel._registry import Registry
 from kernos.store import Claim, Store, WorkerRegistration, new_run_id
 
@@ -221,7 +221,7 @@ class Worker:
             self.observer,
         )
         if self.observer is not None:
-            self.observer.claimed(claim.run, max(0.0, time.time() - claim.run.run_at))
+            safely(self.observer.claimed, claim.run, max(0.0, time.time() - claim.run.run_at))
         task = asyncio.create_task(self._execute(execution), name=f"kernos-run-{claim.run.id}")
         self._active[claim.run.id] = (task, execution)
 
@@ -310,12 +310,12 @@ class Worker:
                 if time.monotonic() - last_ok > ttl:
                     self._lose(set(leases), "no lease renewal for a whole TTL")
                     if self.observer is not None:
-                        self.observer.leases(0, len(leases))
+                        safely(self.observer.leases, 0, len(leases))
                 continue
             last_ok = time.monotonic()
             self._lose(beat.lost, "lease lost to another worker")
             if self.observer is not None:
-                self.observer.leases(len(leases) - len(beat.lost), len(beat.lost))
+                safely(self.observer.leases, len(leases) - len(beat.lost), len(beat.lost))
             for run_id, control in beat.control.items():
                 entry = self._active.get(run_id)
                 if entry is not None:

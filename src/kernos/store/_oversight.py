@@ -382,10 +382,10 @@ def reserve_budget(
     """
     if hold is not None:
         release_hold(tx, hold, now, lock)
-    for charge in sorted(charges, key=lambda c: (c.budget, c.key)):
+    for charge in sorted(charges, key=_row_order):
         _ensure_usage_row(tx, charge, now)
     rows: list[tuple[BudgetCharge, BudgetUsage]] = []
-    for charge in sorted(charges, key=lambda c: (c.budget, c.key)):
+    for charge in sorted(charges, key=_row_order):
         usage = _usage(tx, charge, lock)
         rows.append((charge, usage))
         spent_usd = usage.usd + usage.reserved_usd
@@ -426,24 +426,37 @@ def held_budget(tx: Tx, hold: str) -> list[BudgetCharge]:
 
 
 def release_hold(tx: Tx, hold: str, now: float, lock: str) -> list[BudgetCharge]:
-    """Give back what the call ``hold`` reserved, and forget the hold; what was released."""
-    held = held_budget(tx, hold)
-    if not held:
+    """Give back what the call ``hold`` reserved, and forget the hold; what was released.
+
+    The row is deleted and its charges read in one statement: of two transactions releasing
+    the same hold at once (a late settle and a successor's reservation), the second finds
+    nothing, so a reservation is never given back twice."""
+    row = tx.fetchone("DELETE FROM kernos_budget_holds WHERE id = ? RETURNING charges", (hold,))
+    if row is None:
         return []
-    tx.execute("DELETE FROM kernos_budget_holds WHERE id = ?", (hold,))
+    held = [BudgetCharge(**c) for c in json.loads(row[0])]
     _unreserve(tx, held, now, lock)
     return held
 
 
 def release_run_holds(tx: Tx, run_id: str, now: float, lock: str) -> None:
-    """A run ended: whatever its calls still held (a call cut short) is given back."""
-    rows = tx.fetchall("SELECT id FROM kernos_budget_holds WHERE run_id = ?", (run_id,))
-    for row in rows:
-        release_hold(tx, str(row[0]), now, lock)
+    """A run ended: whatever its calls still held (a call cut short) is given back, budget
+    rows locked in the one order every reservation uses (no deadlock with a reserve)."""
+    rows = tx.fetchall(
+        "DELETE FROM kernos_budget_holds WHERE run_id = ? RETURNING charges", (run_id,)
+    )
+    held = [BudgetCharge(**c) for row in rows for c in json.loads(row[0])]
+    if held:
+        _unreserve(tx, held, now, lock)
+
+
+def _row_order(charge: BudgetCharge) -> tuple[str, str, float]:
+    """The order budget rows are locked in, everywhere."""
+    return (charge.budget, charge.key, charge.period_start)
 
 
 def _unreserve(tx: Tx, charges: Sequence[BudgetCharge], now: float, lock: str) -> None:
-    for charge in sorted(charges, key=lambda c: (c.budget, c.key)):
+    for charge in sorted(charges, key=_row_order):
         tx.fetchone(
             "SELECT budget FROM kernos_budget_usage WHERE budget = ? AND key = ? "
             f"AND period_start = ?{lock}",
@@ -500,7 +513,7 @@ def settle_budget(
     if hold is not None:
         release_hold(tx, hold, now, lock)
         reserved = [replace(c, usd=0.0, tokens=0) for c in reserved]
-    for charge in sorted(reserved, key=lambda c: (c.budget, c.key)):
+    for charge in sorted(reserved, key=_row_order):
         _ensure_usage_row(tx, charge, now)
         usage = _usage(tx, charge, lock)
         tx.execute(
