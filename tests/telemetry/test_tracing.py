@@ -40,6 +40,8 @@ from kernos.telemetry import (
 from kernos.testing import FAST, running_worker
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
+#: a chat span is named for the model (the route "oa:gpt-4.1-mini" names provider oa)
+CHAT = f"chat {OA.partition(':')[2]}"
 
 
 @kernos.tool
@@ -87,7 +89,9 @@ async def test_a_run_is_one_trace_of_genai_spans(
     register(registry)
     kernos_sim.add_fault("oa", Fault(kind="rate_limit", count=1, retry_after=0.05))
     memory = InMemorySpanExporter()
-    tracing = TraceExporter(SimpleSpanProcessor(memory), content=content)
+    tracing = TraceExporter(
+        SimpleSpanProcessor(memory), content=content, providers={"oa": "openai"}
+    )
     config = config_for(kernos_sim)
     governor = Governor(
         client.store, budgets=[Budget(name="day", per="tenant", tokens=10**9)], gateway=config
@@ -114,10 +118,13 @@ async def test_a_run_is_one_trace_of_genai_spans(
     assert root.attributes["kernos.tenant"] == "acme"
     assert root.attributes["kernos.run.state"] == "completed"
 
-    [chat] = [s for s in spans if s.name == f"chat {OA}"]
+    # the call, under the run (its attempts, also "chat <model>", are under the call)
+    [chat] = [s for s in spans if s.name == CHAT and s.parent == root.context]
     assert chat.parent is not None and chat.parent.span_id == root.context.span_id
     attrs = chat.attributes
-    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.provider.name"] == "oa"
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.provider.name"] == "openai"
+    assert attrs["kernos.provider"] == "oa" and attrs["kernos.llm.route"] == OA
+    assert attrs["gen_ai.request.model"] == attrs["gen_ai.response.model"] == CHAT[5:]
     assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] > 0
     assert attrs["kernos.llm.attempts"] == 2
     assert attrs["kernos.idempotency_key"] == f"{run.id}:{attrs['kernos.step']}"
@@ -197,7 +204,7 @@ async def test_spans_reach_a_real_receiver_over_grpc(
     await tracing.aclose()
     spans = grpc_receiver.of_trace(trace_id_hex(run.id))
     names = {s.name for s in spans}
-    assert {"invoke_agent traced", f"chat {OA}", "execute_tool lookup"} <= names
+    assert {"invoke_agent traced", CHAT, "execute_tool lookup"} <= names
     assert {s.resource.get("service.name") for s in spans} == {"support-workers"}
 
 
@@ -262,7 +269,7 @@ async def test_one_trace_across_a_sigkill_and_nothing_exported_twice(
     assert max(steps.values()) == 1  # steps answered from the journal were not exported again
     # the successor exported the steps it made and the call, parented to the same root
     after = [s for s in spans if s.span_id not in before]
-    assert any(s.name == f"chat {OA}" for s in after)
+    assert any(s.name == CHAT for s in after)
     assert all(
         s.parent_id == f"{run_span_id(run.id):016x}"
         for s in after

@@ -10,18 +10,22 @@ tuples (pickled: about 0.2 µs an event). The sidecar builds and exports the spa
 The pipe also makes the traces outlive the worker: a worker killed by SIGKILL closes the pipe,
 and the sidecar exports everything it was given before it exits. What is lost is only what the
 worker had not yet handed over (at most ``FLUSH_SECONDS`` of events). A sidecar that dies is
-logged once and tracing stops; the worker never does.
+started again; the worker never waits for it, and never fails because of it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +38,10 @@ log = logging.getLogger("kernos.telemetry")
 #: how often the worker hands its buffered events over, and how many make it hand over at once
 FLUSH_SECONDS = 0.1
 FLUSH_EVENTS = 2000
+#: events buffered at most while the sidecar falls behind (the rest are dropped, counted)
+MAX_BUFFERED = 200_000
+#: how soon a sidecar that died is started again
+RESTART_SECONDS = 5.0
 _FRAME = struct.Struct("!I")
 _WANTED = SPAN_EVENTS | RUN_ENDS
 #: spans of these read nothing from the payload unless contents are exported: not sent
@@ -44,26 +52,38 @@ EventFields = tuple[str, int, str, "int | None", "str | None", int, Any, float, 
 
 
 class SpanPipe:
-    """A kernel ``Observer`` that hands committed events to the span exporter sidecar."""
+    """A kernel ``Observer`` that hands committed events to the span exporter sidecar.
+
+    The worker's side never waits on the sidecar: events are appended to a bounded buffer
+    (past ``MAX_BUFFERED`` they are dropped and counted), and a thread of its own writes them
+    to the pipe. A sidecar that dies is started again (at most every ``RESTART_SECONDS``);
+    what could not be handed over meanwhile is counted in ``dropped``.
+    """
 
     def __init__(self, settings: TracingSettings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernos.telemetry"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=dict(os.environ if env is None else env),
-            start_new_session=True,  # a Ctrl-C to the worker must not kill its traces first
-        )
+        self.env = dict(os.environ if env is None else env)
+        #: events that never reached a sidecar (buffer full, sidecar down)
+        self.dropped = 0
+        self.proc = self._start()
         self._events: list[EventFields] = []
         self._runs: dict[str, RunFields] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
-        self._broken = False
+        self._down_since: float | None = None
         self._writer = threading.Thread(target=self._write_loop, name="kernos-span-pipe")
         self._writer.daemon = True
         self._writer.start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "kernos.telemetry"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self.env,
+            start_new_session=True,  # a Ctrl-C to the worker must not kill its traces first
+        )
 
     # -- Observer ------------------------------------------------------------------------------
 
@@ -84,9 +104,12 @@ class SpanPipe:
             for e in events
             if e.type in _WANTED
         ]
-        if not wanted or self._broken:
+        if not wanted:
             return
         with self._lock:
+            if len(self._events) >= MAX_BUFFERED:
+                self.dropped += len(wanted)
+                return
             self._events.extend(wanted)
             if run.id not in self._runs:
                 self._runs[run.id] = (
@@ -109,7 +132,7 @@ class SpanPipe:
     def leases(self, renewed: int, lost: int) -> None:
         pass
 
-    # -- handing over --------------------------------------------------------------------------
+    # -- handing over (the writer thread) ------------------------------------------------------
 
     def _write_loop(self) -> None:
         while True:
@@ -118,23 +141,51 @@ class SpanPipe:
             closing = self._closing
             self._hand_over()
             if closing:
+                if self.proc.stdin is not None:
+                    with contextlib.suppress(OSError):
+                        self.proc.stdin.close()  # EOF: the sidecar exports what it has, exits
                 return
 
     def _hand_over(self) -> None:
         with self._lock:
             events, runs = self._events, self._runs
             self._events, self._runs = [], {}
-        if not events or self._broken:
+        if not events:
             return
+        if self._down_since is not None:
+            if time.monotonic() - self._down_since < RESTART_SECONDS or self._closing:
+                self.dropped += len(events)
+                return
+            self._restart()
         body = pickle.dumps((list(runs.values()), events), protocol=pickle.HIGHEST_PROTOCOL)
         stdin = self.proc.stdin
         assert stdin is not None
         try:
             stdin.write(_FRAME.pack(len(body)) + body)
             stdin.flush()
-        except (BrokenPipeError, OSError, ValueError) as exc:
-            self._broken = True
-            log.error("the span exporter process is gone (%s); traces stop here", exc)
+        except (OSError, ValueError) as exc:
+            self.dropped += len(events)
+            self._down_since = time.monotonic()
+            log.error(
+                "the span exporter process is gone (%s); %d event(s) not traced so far, "
+                "restarting it in %.0f s",
+                exc,
+                self.dropped,
+                RESTART_SECONDS,
+            )
+
+    def _restart(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        _close_pipes(self.proc)
+        self.proc = self._start()
+        self._down_since = None
+
+    def flush(self) -> None:
+        """Hand over what is buffered now."""
+        self._wake.set()
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
         """Block until the sidecar has started (imported, exporter built): it says so with
@@ -147,30 +198,40 @@ class SpanPipe:
         reader.join(timeout)
         return bool(ready and ready[0].strip() == b"ready")
 
-    def flush(self) -> None:
-        """Hand over what is buffered now."""
-        self._wake.set()
-
-    async def aclose(self) -> None:
-        """The worker stops: hand everything over, and let the sidecar export it and exit."""
-        import asyncio
-
+    async def aclose(self, timeout: float = 15.0) -> None:
+        """The worker stops: hand everything over and let the sidecar export it and exit.
+        Never blocks the event loop; a sidecar that does not finish in ``timeout`` is killed."""
         self._closing = True
         self._wake.set()
-        await asyncio.to_thread(self._writer.join, 10)
-        if self.proc.stdin is not None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
+        await asyncio.to_thread(self._writer.join, timeout)
+        if self._writer.is_alive():  # stuck writing into a pipe nobody reads
+            log.error("the span exporter process is not reading; stopping it")
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+            await asyncio.to_thread(self._writer.join, 5)
         try:
-            await asyncio.to_thread(self.proc.wait, 15)
+            await asyncio.to_thread(self.proc.wait, timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)
+        _close_pipes(self.proc)
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def main() -> int:
-    """The sidecar: read batches from stdin until it closes, export their spans, exit."""
+    """The sidecar: read batches from stdin until it closes, export their spans, exit.
+
+    SIGTERM and SIGINT are ignored: a service manager stopping the worker signals its whole
+    group, and the sidecar must outlive the worker's drain to export its last spans. It ends
+    when the pipe closes (the worker exited, however it exited)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = tracing_settings()
     if settings is None:
         return 0

@@ -52,15 +52,34 @@ def call_span_id(run_id: str, position: int) -> int:
     return span_id_of(run_id, f"p{position}")
 
 
-def spans_of(run: Run, events: Sequence[Event], *, content: bool = False) -> list[SpanData]:
+def spans_of(
+    run: Run,
+    events: Sequence[Event],
+    *,
+    content: bool = False,
+    providers: Mapping[str, str] | None = None,
+) -> list[SpanData]:
     """The spans that ``events`` (just committed for ``run``) complete. ``content``: include
-    message and tool contents (already redacted in the journal); off by default."""
+    message and tool contents (already redacted in the journal); off by default.
+    ``providers`` maps the configured provider names to their kinds (``openai``,
+    ``anthropic``), the well-known values of ``gen_ai.provider.name``; the configured name
+    stays in ``kernos.provider``."""
     out: list[SpanData] = []
     for ev in events:
         made = _span(run, ev, content)
         if made is not None:
+            name = made.attributes.get("gen_ai.provider.name")
+            if isinstance(name, str) and name:
+                made.attributes["kernos.provider"] = name
+                made.attributes["gen_ai.provider.name"] = (providers or {}).get(name, name)
             out.append(made)
     return out
+
+
+def _route_parts(route: str) -> tuple[str, str]:
+    """A ``provider:model`` route's parts; ("", "") for a named route of several models."""
+    provider, sep, model = route.partition(":")
+    return (provider, model) if sep else ("", "")
 
 
 def _span(run: Run, ev: Event, content: bool) -> SpanData | None:
@@ -141,8 +160,9 @@ def _llm_completed(run: Run, ev: Event, content: bool) -> SpanData:
         {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": str(response.get("provider", "")),
-            "gen_ai.request.model": str(ev.name or ""),
+            "gen_ai.request.model": str(response.get("model", "")),
             "gen_ai.response.model": str(response.get("model", "")),
+            "kernos.llm.route": str(ev.name or ""),
             "gen_ai.response.finish_reasons": [str(response.get("finish_reason", "stop"))],
             "kernos.llm.attempts": int(response.get("attempts") or 1),
             "kernos.cost_usd": float(response.get("cost") or 0.0),
@@ -154,7 +174,7 @@ def _llm_completed(run: Run, ev: Event, content: bool) -> SpanData:
     latency = float(response.get("latency") or ev.duration or 0.0)
     start = float(p.get("started_at") or ev.created_at - latency)
     return SpanData(
-        name=f"chat {ev.name or response.get('model', '')}".strip(),
+        name=f"chat {response.get('model') or ev.name or ''}".strip(),
         span_id=call_span_id(run.id, ev.step or 0),
         parent_id=run_span_id(run.id),
         start=min(start, ev.created_at - latency),
@@ -170,14 +190,18 @@ def _llm_failed(run: Run, ev: Event, content: bool) -> SpanData:
     attrs.update(
         {
             "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": str(ev.name or p.get("route", "")),
+            "kernos.llm.route": str(ev.name or p.get("route", "")),
             "kernos.llm.attempts": int(p.get("attempts") or 0),
         }
     )
+    provider, model = _route_parts(str(ev.name or p.get("route", "")))
+    if model:
+        attrs["gen_ai.request.model"] = model
+        attrs["gen_ai.provider.name"] = provider
     if p.get("rule"):
         attrs["kernos.policy.rule"] = str(p["rule"])
     return SpanData(
-        name=f"chat {ev.name or ''}".strip(),
+        name=f"chat {_route_parts(str(ev.name or ''))[1] or ev.name or ''}".strip(),
         span_id=call_span_id(run.id, ev.step or 0),
         parent_id=run_span_id(run.id),
         start=float(p.get("started_at") or ev.created_at),

@@ -56,14 +56,17 @@ class TraceExporter:
         *,
         resource: Resource | None = None,
         content: bool = False,
+        providers: Mapping[str, str] | None = None,
     ) -> None:
         self.processor = processor
+        #: configured provider name -> kind (``gen_ai.provider.name`` takes the kind)
+        self.providers = dict(providers or {})
         self.resource = resource or Resource.create({"service.name": "kernos-worker"})
         self.content = content
         self._scope = InstrumentationScope("kernos", _kernos_version())
 
     def committed(self, run: Run, events: Sequence[Event]) -> None:
-        for data in spans_of(run, events, content=self.content):
+        for data in spans_of(run, events, content=self.content, providers=self.providers):
             self.processor.on_end(self._readable(run.id, data))
 
     def claimed(self, run: Run, waited: float) -> None:
@@ -217,7 +220,18 @@ def exporter_for(settings: TracingSettings) -> TraceExporter:
         BatchSpanProcessor(exporter, schedule_delay_millis=settings.delay_ms),
         resource=Resource.create(settings.resource),
         content=settings.content,
+        providers=_provider_kinds(),
     )
+
+
+def _provider_kinds() -> dict[str, str]:
+    """Provider name -> kind from kernos.toml (the worker's own config); {} without one."""
+    from kernos.gateway import load_config
+
+    try:
+        return {name: p.kind for name, p in load_config().providers.items()}
+    except Exception:  # a trace without well-known provider names beats no trace
+        return {}
 
 
 def _kernos_version() -> str:
