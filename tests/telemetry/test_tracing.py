@@ -8,6 +8,7 @@ official protobuf definitions, as a collector would.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -312,3 +313,44 @@ async def test_spans_handed_to_the_sidecar_outlive_a_sigkilled_worker(
         await client.close()
     names = sorted(s.name for s in http_receiver.of_trace(trace_id_hex(run.id)))
     assert names == ["invoke_agent traced", *[f"kernos.step part-{i}" for i in (1, 2, 3)]]
+
+
+async def test_a_call_cut_off_by_a_cancel_still_has_its_span(
+    client: Client, registry: Registry
+) -> None:
+    """Cancelled while its LLM call is parked: the call is journaled as abandoned, and every
+    exported span's parent is exported too (no orphans in the trace)."""
+
+    async def parks(call: Any, route: str, messages: Any, *_: Any, **__: Any) -> Any:
+        call.park("provider", time.time() + 60, {"why": "provider down"})
+
+    @kernos.agent("parker", registry=registry)
+    async def parker(ctx: kernos.RunContext, _: Any) -> str:
+        return str((await ctx.llm(OA, [{"role": "user", "content": "hi"}])).text)
+
+    memory = InMemorySpanExporter()
+    governor = Governor(client.store, budgets=[Budget(name="day", per="tenant", tokens=10**9)])
+    async with running_worker(
+        client,
+        registry,
+        FAST,
+        services={"llm": parks},
+        gatekeeper=governor,
+        observer=TraceExporter(SimpleSpanProcessor(memory)),
+    ):
+        run = await client.start("parker", None)
+
+        async def parked() -> bool:
+            return any(e.type == "llm_parked" for e in await client.journal(run.id))
+
+        await until(parked, timeout=20)
+        await client.cancel(run.id, reason="operator")
+        done = await client.wait(run.id, timeout=20)
+    assert done.state == RunState.CANCELLED
+    assert "call_abandoned" in [e.type for e in await client.journal(run.id)]
+    spans = [Span(s) for s in memory.get_finished_spans()]
+    ids = {s.context.span_id for s in spans}
+    assert all(s.parent is None or s.parent.span_id in ids for s in spans)
+    [call] = [s for s in spans if s.attributes.get("error.type") == "abandoned"]
+    assert call.name == CHAT and call.parent is not None
+    assert {"kernos.wait provider", "kernos.policy allow"} <= {s.name for s in spans}

@@ -210,3 +210,24 @@ def call_kinds() -> dict[str, str]:
         for kind in CALL_KINDS
         for suffix in ("checked", "attempt", "parked", "completed", "failed")
     }
+
+
+#: events that show a call under way, and those that end it
+_OPENS = frozenset(f"{k}_{s}" for k in CALL_KINDS for s in ("checked", "attempt", "parked"))
+_ENDS = frozenset(f"{k}_{s}" for k in CALL_KINDS for s in ("completed", "failed"))
+
+
+def track_open_calls(open_calls: dict[int, dict[str, Any]], events: Sequence[Event]) -> None:
+    """Keep ``open_calls`` (position -> kind, name, when it began) up to date with
+    ``events``: a call is open from its first event until it completes or fails."""
+    for ev in events:
+        if ev.step is None:
+            continue
+        if ev.type in _OPENS and ev.step not in open_calls:
+            open_calls[ev.step] = {
+                "kind": ev.type.partition("_")[0],
+                "name": ev.name,
+                "started_at": float(ev.payload.get("started_at") or ev.created_at),
+            }
+        elif ev.type in _ENDS:
+            open_calls.pop(ev.step, None)

@@ -51,6 +51,7 @@ from kernos.kernel._calls import (
     Gatekeeper,
     Park,
     Verdict,
+    track_open_calls,
 )
 from kernos.kernel._codec import encode, parse_json, roundtrip
 from kernos.kernel._faults import Faults
@@ -245,6 +246,8 @@ class Execution:
         self._scratch: dict[str, Any] = {}
         self._mail: frozenset[str] = frozenset()
         self._mail_probed_at = -1e9
+        #: calls begun and not yet ended, by position (see ``_finish``)
+        self._open_calls: dict[int, dict[str, Any]] = {}
 
     # -- the outer loop ---------------------------------------------------------------------
 
@@ -274,6 +277,8 @@ class Execution:
     async def _attempt(self) -> bool:
         """Replay the agent once; True when done with this claim, False to replay again."""
         self._history = History(await self.store.load_journal(self.run_id))
+        self._open_calls = {}
+        track_open_calls(self._open_calls, self._history.events)
         self._seq = self._history.last_seq
         self._pos = 0
         self._pending = []
@@ -371,13 +376,24 @@ class Execution:
             except (NotSerializable, InvalidInput) as exc:
                 return await self._finish(RunState.FAILED, error=exc)
             payload["output"] = json.loads(out_text)
+        # Calls begun and never ended (cut off by a cancel, a failure): said so, so that
+        # every call a trace or the dashboard shows has an end.
+        abandoned = [
+            self._event(
+                "call_abandoned",
+                step=pos,
+                name=call["name"],
+                payload={**call, "why": state.value},
+            )
+            for pos, call in sorted(self._open_calls.items())
+        ]
         final = self._event(f"run_{state.value}", payload=payload)
         if self.scrub is not None:  # the run's row holds what its journal holds
             if "output" in final.payload:
                 out_text = encode(final.payload["output"], f"the output of run {self.run_id}")
             if "error" in final.payload:
                 err_text = json.dumps(final.payload["error"])
-        events = self._flush([final])
+        events = self._flush([*abandoned, final])
         await self.store.finish(
             self.run_id, self.token, state=state, events=events, output=out_text, error=err_text
         )
@@ -434,8 +450,9 @@ class Execution:
         return out
 
     def _observed(self, events: Sequence[Event]) -> None:
-        """``events`` are committed: tell the observer (once: replay commits nothing). An
-        observer's failure is logged, never the run's."""
+        """``events`` are committed: note the calls they open and end, and tell the observer
+        (once: replay commits nothing). An observer's failure is logged, never the run's."""
+        track_open_calls(self._open_calls, events)
         if self.observer is not None and events:
             safely(self.observer.committed, self.run, events)
 

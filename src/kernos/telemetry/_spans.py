@@ -403,7 +403,35 @@ def _run_span(run: Run, ev: Event) -> SpanData:
     )
 
 
+def _abandoned(run: Run, ev: Event, content: bool) -> SpanData:
+    """A call the run's end cut off: its span ends there, so its attempts, policy decisions
+    and waits (already exported under it) have a parent."""
+    p = ev.payload
+    attrs = _base(run, ev)
+    if p.get("kind") == "llm":
+        provider, model = _route_parts(str(ev.name or ""))
+        attrs.update({"gen_ai.operation.name": "chat", "kernos.llm.route": str(ev.name or "")})
+        if model:
+            attrs.update({"gen_ai.request.model": model, "gen_ai.provider.name": provider})
+        name = f"chat {model or ev.name or ''}".strip()
+    else:
+        attrs.update({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": str(ev.name)})
+        name = f"execute_tool {ev.name}"
+    return SpanData(
+        name=name,
+        span_id=call_span_id(run.id, ev.step or 0),
+        parent_id=run_span_id(run.id),
+        start=float(p.get("started_at") or ev.created_at),
+        end=ev.created_at,
+        kind="client" if p.get("kind") == "llm" else "internal",
+        attributes=attrs,
+        error="abandoned",
+        message=f"the run ended ({p.get('why', '?')}) before this call did",
+    )
+
+
 _HANDLERS: dict[str, Callable[[Run, Event, bool], SpanData | None]] = {
+    "call_abandoned": _abandoned,
     "llm_attempt": _llm_attempt,
     "llm_completed": _llm_completed,
     "llm_failed": _llm_failed,
