@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import cast
 
 import pytest
+from _kernel_support import a_run
 
 from kernos.api import _feed
 from kernos.api._feed import JournalFeed
@@ -46,27 +47,7 @@ class FakeJournal:
         return replace(RUN, state=self.state)
 
 
-RUN = Run(
-    id="r1",
-    agent="a",
-    agent_version="1",
-    state=RunState.RUNNING,
-    waiting_for=None,
-    control=None,
-    input="null",
-    output=None,
-    error=None,
-    priority=0,
-    parent_id=None,
-    schedule=None,
-    created_at=0.0,
-    updated_at=0.0,
-    run_at=0.0,
-    lease_owner=None,
-    lease_token=0,
-    lease_expires_at=None,
-    claims=0,
-)
+RUN = a_run(id="r1", lease_token=0, claims=0)
 
 
 def seq_of(feed: JournalFeed) -> int:

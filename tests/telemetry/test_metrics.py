@@ -10,13 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 from _gateway_support import AN, config_for, write_config
-from _kernel_support import until
+from _kernel_support import a_run, until
 from _procs import WorkerProcess, Workers
 from prometheus_client.parser import text_string_to_metric_families
 
 from kernos.kernel import connect, load_app
 from kernos.sim import Fault, SimServer
-from kernos.store import Event, Run, RunState
+from kernos.store import Event, RunState
 from kernos.telemetry import MAX_TENANTS, WorkerMetrics, trace_id_hex
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
@@ -104,27 +104,6 @@ async def test_a_real_scrape_counts_runs_steps_attempts_and_tokens(
 
 def test_tenant_labels_are_bounded() -> None:
     metrics = WorkerMetrics()
-    run_fields = dict(
-        agent="a",
-        agent_version="1",
-        state=RunState.RUNNING,
-        waiting_for=None,
-        control=None,
-        input="null",
-        output=None,
-        error=None,
-        priority=0,
-        parent_id=None,
-        schedule=None,
-        created_at=0.0,
-        updated_at=0.0,
-        run_at=0.0,
-        lease_owner=None,
-        lease_token=1,
-        lease_expires_at=None,
-        claims=1,
-        principal=None,
-    )
     answer = Event(
         seq=1,
         type="llm_completed",
@@ -133,7 +112,7 @@ def test_tenant_labels_are_bounded() -> None:
         payload={"response": {"model": "m", "provider": "p", "usage": {"input_tokens": 5}}},
     )
     for i in range(MAX_TENANTS + 50):
-        metrics.committed(Run(id=f"r{i}", tenant=f"tenant-{i}", **run_fields), [answer])  # type: ignore[arg-type]
+        metrics.committed(a_run(id=f"r{i}", tenant=f"tenant-{i}"), [answer])
     tenants = {
         s.labels["tenant"]
         for f in metrics.registry.collect()

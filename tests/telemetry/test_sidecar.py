@@ -10,35 +10,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _kernel_support import until
+from _kernel_support import a_run, until
 from _otlp import OtlpHttpReceiver
 
-from kernos.store import Event, Run, RunState
+from kernos.store import Event
 from kernos.telemetry import SpanPipe, _sidecar, tracing_settings
 
-RUN = Run(
-    id="01M8B4J48F0Q7RPH9YWHPBCRTY",
-    agent="a",
-    agent_version="1",
-    state=RunState.RUNNING,
-    waiting_for=None,
-    control=None,
-    input="null",
-    output=None,
-    error=None,
-    priority=0,
-    parent_id=None,
-    schedule=None,
-    created_at=time.time(),
-    updated_at=0.0,
-    run_at=0.0,
-    lease_owner=None,
-    lease_token=1,
-    lease_expires_at=None,
-    claims=1,
-    tenant="t",
-    principal=None,
-)
+RUN = a_run(created_at=time.time(), tenant="t")
 
 
 def step(seq: int) -> Event:
