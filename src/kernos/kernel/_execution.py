@@ -456,16 +456,24 @@ class Execution:
         if self.observer is not None and events:
             safely(self.observer.committed, self.run, events)
 
-    async def _write(self, *events: Event) -> None:
-        batch = self._flush(list(events))
+    async def _commit(
+        self, batch: list[Event], fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any
+    ) -> T:
+        """A fenced store write that carries ``batch``: a lost lease stops this execution, a
+        store error is the store's (the run is replayed), and once committed it is observed."""
         try:
-            control = await self.store.append(self.run_id, self.token, batch)
+            result = await fn(*args, **kw)
         except LeaseLost:
             self.lost = True
             raise
         except InfrastructureError as exc:
             raise StoreDown(exc) from exc
         self._observed(batch)
+        return result
+
+    async def _write(self, *events: Event) -> None:
+        batch = self._flush(list(events))
+        control = await self._commit(batch, self.store.append, self.run_id, self.token, batch)
         if control is not None:
             self.control = control
 
@@ -842,17 +850,17 @@ class Execution:
         event = self._event(
             "message_sent", step=pos, name=topic, payload={"to": to, "topic": topic}
         )
-        try:
-            batch = self._flush([event])
-            await self.store.send_from_run(
-                self.run_id, self.token, events=batch, to=to, topic=topic, payload=text
-            )
-        except LeaseLost:
-            self.lost = True
-            raise
-        except InfrastructureError as exc:
-            raise StoreDown(exc) from exc
-        self._observed(batch)
+        batch = self._flush([event])
+        await self._commit(
+            batch,
+            self.store.send_from_run,
+            self.run_id,
+            self.token,
+            events=batch,
+            to=to,
+            topic=topic,
+            payload=text,
+        )
 
     async def ask_human(
         self,
@@ -982,16 +990,15 @@ class Execution:
         )
         notify = self._notice(new, NEEDS_PERSON)
         batch = self._flush([event])
-        try:
-            await self.store.request_approval(
-                self.run_id, self.token, events=batch, approval=new, notify=notify
-            )
-        except LeaseLost:
-            self.lost = True
-            raise
-        except InfrastructureError as exc:
-            raise StoreDown(exc) from exc
-        self._observed(batch)
+        await self._commit(
+            batch,
+            self.store.request_approval,
+            self.run_id,
+            self.token,
+            events=batch,
+            approval=new,
+            notify=notify,
+        )
         if notify and self.notifications is not None:
             self.notifications.wake()
 
@@ -1014,7 +1021,9 @@ class Execution:
         current = await self._store_call(self.store.get_approval, approval_id)
         batch = self._flush([event])
         try:
-            await self.store.escalate_approval(
+            await self._commit(
+                batch,
+                self.store.escalate_approval,
                 self.run_id,
                 self.token,
                 approval_id=approval_id,
@@ -1026,12 +1035,6 @@ class Execution:
         except InvalidState:
             self._pending = batch[:-1]  # not written: what was buffered waits for the next write
             return None
-        except LeaseLost:
-            self.lost = True
-            raise
-        except InfrastructureError as exc:
-            raise StoreDown(exc) from exc
-        self._observed(batch)
         if self.notifications is not None:
             self.notifications.wake()
         return event
@@ -1243,7 +1246,8 @@ class Execution:
             payload={"child_id": child_id, "agent": agent, "version": spec.version},
         )
         batch = self._flush([event])
-        await self._store_call(
+        await self._commit(
+            batch,
             self.store.spawn,
             self.run_id,
             self.token,
@@ -1259,7 +1263,6 @@ class Execution:
                 principal=self.run.principal,
             ),
         )
-        self._observed(batch)
         return child_id
 
     async def child_result(self, child_id: str) -> Any:
