@@ -17,6 +17,14 @@ async def bench_noop(ctx: kernos.RunContext, n: int) -> int:
     return n
 
 
+@kernos.agent("bench_chain")
+async def bench_chain(ctx: kernos.RunContext, n: int) -> int:
+    """``n`` trivial steps: the scale-out benchmark's unit of work."""
+    for i in range(n):
+        await ctx.step("s", _tick_now, i)
+    return n
+
+
 @kernos.agent("bench_sleeper")
 async def bench_sleeper(ctx: kernos.RunContext, n: int) -> int:
     """Parks on a one-hour timer (held in the store, not in the worker)."""
