@@ -11,7 +11,6 @@ import pytest
 from _procs import Workers
 
 from kernos.governance import CONFIG_CHANGED, audit_config
-from kernos.governance import _config_audit as config_audit
 from kernos.kernel import Client
 from kernos.store import AuditEntry
 from kernos.testing import wait_until
@@ -21,7 +20,7 @@ POLICY = '[policy]\ndefault = "allow"\n'
 
 
 async def _changes(client: Client) -> list[AuditEntry]:
-    return [e for e in await client.store.list_audit() if e.action == CONFIG_CHANGED]
+    return [e for e in await client.store.list_audit(limit=10_000) if e.action == CONFIG_CHANGED]
 
 
 async def test_first_start_audits_the_same_file_does_not_a_changed_one_does(
@@ -92,28 +91,23 @@ async def test_files_are_told_apart_by_path_and_found_from_the_environment(
     assert found is not None and found.target == str((tmp_path / "kernos.toml").resolve())
 
 
-async def test_the_previous_digest_is_found_behind_pages_of_other_entries(
-    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_the_previous_digest_is_found_behind_any_number_of_other_entries(
+    client: Client, tmp_path: Path
 ) -> None:
-    """Read backwards a page at a time (pages of 7 here), past other entries; further back
-    than ``scan`` the change is recorded again: an extra entry, never a missed change."""
-    monkeypatch.setattr(config_audit, "_PAGE", 7)
-    toml = tmp_path / "kernos.toml"
+    """Found by an index read, not by reading the log back: 1,000 other entries, and entries
+    of the same action on another file, do not hide it."""
+    toml, other = tmp_path / "kernos.toml", tmp_path / "other.toml"
     toml.write_text(BUDGETS)
+    other.write_text(POLICY)
     assert await audit_config(client.store, toml) is not None
-    for i in range(30):
+    for _ in range(1000):
         await client.store.append_audit(actor="test", action="noise", target=str(toml))
-        if i in (0, 6, 7, 29):
-            assert await audit_config(client.store, toml) is None
-    assert await audit_config(client.store, toml, scan=20) is not None
-    assert len(await _changes(client)) == 2
-
-
-async def test_the_last_seq_is_found_without_reading_the_log(client: Client) -> None:
-    for n in range(1, 40):
-        await client.store.append_audit(actor="test", action="noise")
-        assert await config_audit._last_seq(client.store) == n
-    assert await config_audit._last_seq(client.store) == 39
+    assert await audit_config(client.store, other) is not None
+    assert await audit_config(client.store, toml) is None  # unchanged: nothing recorded
+    toml.write_text(POLICY)
+    changed = await audit_config(client.store, toml)
+    assert changed is not None and changed.details["previous_sha256"] is not None
+    assert len(await _changes(client)) == 3
 
 
 async def test_kernos_worker_audits_its_config_once_per_change(

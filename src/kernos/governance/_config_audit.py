@@ -10,11 +10,9 @@ whose contents changed (each section's digest is kept in the entry, so the next 
 which). Starting again with the same file appends nothing. The log holds digests only, never
 the file's contents: a config may name secrets.
 
-Finding the latest entry uses ``Store.list_audit`` as it is, which pages forward by ``seq``
-only: the last ``seq`` is found by a galloping search of one-row queries (about 2·log2 of the
-log's length), then the log is read backwards a page at a time, at most ``scan`` entries. When
-the previous entry lies further back than that, or two processes start at the same moment with
-a changed file, the change is recorded again: an extra entry, never a missed change.
+The previous entry is found with ``Store.last_audit`` (an index on action, target and seq),
+however long the log. Two processes starting at the same moment with a changed file may both
+record it: an extra entry, never a missed change.
 """
 
 from __future__ import annotations
@@ -31,9 +29,6 @@ from kernos.store import AuditEntry, Store
 
 #: the audit action of a config file seen for the first time, or changed since last seen
 CONFIG_CHANGED = "config.changed"
-#: entries read backwards, at most, looking for the file's previous digest
-SCAN = 10_000
-_PAGE = 500
 
 
 def config_actor() -> str:
@@ -48,7 +43,6 @@ async def audit_config(
     env: Mapping[str, str] = os.environ,
     actor: str | None = None,
     process: str = "kernos",
-    scan: int = SCAN,
 ) -> AuditEntry | None:
     """Append ``config.changed`` when the config file (``path``, ``KERNOS_CONFIG`` or
     ./kernos.toml, as every section is read) differs from the one last recorded; the entry, or
@@ -60,7 +54,7 @@ async def audit_config(
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     sections = {name: _digest(value) for name, value in sorted(read_config_file(file).items())}
     target = str(file.resolve())
-    previous = await _latest(store, target, scan)
+    previous = await store.last_audit(CONFIG_CHANGED, target)
     before = None if previous is None else previous.details.get("sha256")
     if before == digest:
         return None
@@ -86,37 +80,3 @@ def _digest(value: object) -> str:
     """sha256 of a section as canonical JSON: a reformatted file changes no section."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-async def _latest(store: Store, target: str, scan: int) -> AuditEntry | None:
-    """The newest ``config.changed`` entry for ``target`` among the last ``scan`` seqs."""
-    end = await _last_seq(store)
-    floor = max(0, end - scan)
-    while end > floor:
-        start = max(floor, end - _PAGE)
-        page = await store.list_audit(after_seq=start, limit=end - start)
-        for entry in reversed(page):
-            if entry.action == CONFIG_CHANGED and entry.target == target:
-                return entry
-        end = start
-    return None
-
-
-async def _last_seq(store: Store) -> int:
-    """The log's last ``seq`` (0: empty), by galloping then bisecting on "any entry after"."""
-
-    async def any_after(seq: int) -> bool:
-        return bool(await store.list_audit(after_seq=seq, limit=1))
-
-    if not await any_after(0):
-        return 0
-    low, high = 0, 1  # an entry after low exists; none after high is not yet known
-    while await any_after(high):
-        low, high = high, high * 2
-    while high - low > 1:  # now: an entry after low exists, none after high
-        middle = (low + high) // 2
-        if await any_after(middle):
-            low = middle
-        else:
-            high = middle
-    return high

@@ -259,6 +259,16 @@ def list_audit(
     return [_entry(r) for r in rows]
 
 
+def last_audit(tx: Tx, action: str, target: str) -> AuditEntry | None:
+    """The newest entry of ``action`` on ``target`` (an index read, however long the log)."""
+    row = tx.fetchone(
+        f"SELECT {_AUDIT_COLUMNS} FROM kernos_audit WHERE action = ? AND target = ? "
+        "ORDER BY seq DESC LIMIT 1",
+        (action, target),
+    )
+    return _entry(row) if row is not None else None
+
+
 def verify_audit(rows: Sequence[Sequence[Any]]) -> AuditCheck:
     """Walk the chain in seq order; name the first entry whose link or content is wrong."""
     prev = GENESIS

@@ -335,6 +335,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE kernos_agents ADD COLUMN retired_reason TEXT",
         ),
     ),
+    Migration(
+        11,
+        "find the newest audit entry of an action on a target without reading the log",
+        ("CREATE INDEX kernos_audit_action_target ON kernos_audit (action, target, seq)",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

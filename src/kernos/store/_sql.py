@@ -87,6 +87,7 @@ from kernos.store._oversight import (
     held_budget,
     insert_api_key,
     insert_approval,
+    last_audit,
     list_api_keys,
     list_approvals,
     list_audit,
@@ -1947,6 +1948,15 @@ class SqlStore:
                 (),
             )
         return verify_audit(rows)
+
+    def _last_audit(self, action: str, target: str) -> AuditEntry | None:
+        with self._d.read() as tx:
+            return last_audit(tx, action, target)
+
+    async def last_audit(self, action: str, target: str) -> AuditEntry | None:
+        """The newest audit entry of ``action`` on ``target`` (e.g. the config file last
+        recorded), read through an index: None when there is none."""
+        return await self._call(self._last_audit, action, target)
 
     async def verify_audit(self) -> AuditCheck:
         """Recompute the chain; the first modified, deleted, inserted or reordered entry."""
