@@ -28,7 +28,7 @@ from kernos.sim._faults import (
     FaultKind,
     parse_provider_fault,
 )
-from kernos.sim._loop import loop_model
+from kernos.sim._loop import PLAN_MARKER, PLAN_MODEL, loop_model
 from kernos.sim._script import FinishReason, Reply, ToolCall, Usage
 from kernos.sim._server import SimServer, serve
 from kernos.sim._simulator import ALL_PROVIDERS, LogEntry, Simulator
@@ -37,6 +37,8 @@ __all__ = [
     "ALL_PROVIDERS",
     "FAULT_KINDS",
     "MIXED_DEFAULT",
+    "PLAN_MARKER",
+    "PLAN_MODEL",
     "Fault",
     "FaultKind",
     "FinishReason",

@@ -12,7 +12,8 @@
 
 A request for a model named ``loop-N`` that no scripted reply matches is answered by the
 tool-loop responder (``_loop``): N turns of a tool-calling conversation, decided from the
-request alone, so that any number of conversations can run at once.
+request alone, so that any number of conversations can run at once. A request for the model
+``plan`` plays the plan its conversation carries (``[sim-plan] [...]``, also in ``_loop``).
 
 The request path is kept lean (one lock round trip to decide, one to log, no logging I/O): the
 gateway's benchmark measures its own overhead against calls made straight to this server.
@@ -40,7 +41,7 @@ from starlette.types import Receive, Scope, Send
 from kernos.errors import InvalidInput
 from kernos.sim._anthropic import AnthropicWire
 from kernos.sim._faults import Fault, one_line
-from kernos.sim._loop import loop_reply, loop_turns
+from kernos.sim._loop import PLAN_MODEL, loop_reply, loop_turns, plan_reply
 from kernos.sim._openai import OpenAIWire
 from kernos.sim._script import Reply
 from kernos.sim._simulator import LogEntry, Outcome, Simulator
@@ -149,6 +150,9 @@ class SimApp:
         outcome = self.simulator.decide(provider, parsed.model, parsed.stream)
         if outcome.reply is None and (turns := loop_turns(parsed.model)) is not None:
             reply = loop_reply(turns, wire.tools(body), wire.tool_results(body), parsed.prompt)
+            outcome = dataclasses.replace(outcome, reply=reply)
+        elif outcome.reply is None and parsed.model == PLAN_MODEL:
+            reply = plan_reply(body.get("messages"), wire.tool_results(body))
             outcome = dataclasses.replace(outcome, reply=reply)
         status, response, pause = self._plan(wire, parsed, outcome)
         self.simulator.record(

@@ -17,19 +17,41 @@ first, and faults apply as to any request. Both families and streaming work as f
 
 The switch is the model's name, not a request header or a scripted reply, because every client
 lets its user name the model, agent frameworks that build their own requests included.
+
+**Planned conversations.** A request for the model ``plan`` is answered from a plan that the
+conversation itself carries: the first message holding ``[sim-plan]`` followed by a JSON list of
+turns, each ``{"tool": NAME, "arguments": {...}}`` or ``{"text": "..."}``. The turn played is the
+one at the index of how many tool results the conversation holds, so many different
+conversations (a lookup here, a refund there) run at once, and a retried or replayed request
+gets the same turn. The chaos scenarios drive the support agent this way. A conversation without
+a plan (or past its last turn) gets the final text ``sim plan done after K tool results``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from kernos.sim._script import Reply, ToolCall
 
-__all__ = ["loop_model", "loop_reply", "loop_turns", "schema_arguments"]
+__all__ = [
+    "PLAN_MARKER",
+    "PLAN_MODEL",
+    "loop_model",
+    "loop_reply",
+    "loop_turns",
+    "plan_reply",
+    "schema_arguments",
+]
 
 _LOOP = re.compile(r"loop-([1-9][0-9]{0,5})")
 _CLIP = 60
+
+#: the model whose replies follow the plan the conversation carries
+PLAN_MODEL = "plan"
+#: what precedes a conversation's plan (a JSON list of turns) in one of its messages
+PLAN_MARKER = "[sim-plan]"
 
 
 def loop_model(turns: int) -> str:
@@ -61,6 +83,49 @@ def loop_reply(
         return Reply(tool_calls=(ToolCall(name=name, arguments=schema_arguments(schema)),))
     said = last_result if len(last_result) <= _CLIP else last_result[:_CLIP] + "…"
     return Reply(text=f"sim loop done after {tool_results} tool results: {said}")
+
+
+def plan_reply(messages: Any, tool_results: int) -> Reply:
+    """The reply to one request of a planned conversation (see the module's docstring).
+
+    ``messages`` is the request's message list in either family's shape: the plan is found in
+    the first string under it that holds the marker, wherever the family puts text.
+    """
+    plan = _plan_of(messages)
+    if plan is not None and tool_results < len(plan):
+        turn = plan[tool_results]
+        if isinstance(turn, dict) and isinstance(turn.get("tool"), str):
+            arguments = turn.get("arguments")
+            return Reply(
+                tool_calls=(
+                    ToolCall(
+                        name=turn["tool"],
+                        arguments=arguments if isinstance(arguments, dict) else {},
+                    ),
+                )
+            )
+        if isinstance(turn, dict) and isinstance(turn.get("text"), str):
+            return Reply(text=turn["text"])
+    return Reply(text=f"sim plan done after {tool_results} tool results")
+
+
+def _plan_of(value: Any) -> list[Any] | None:
+    """The first plan under ``value`` (a JSON value), or None; a malformed plan is none."""
+    if isinstance(value, str):
+        _, marker, tail = value.partition(PLAN_MARKER)
+        if not marker:
+            return None
+        try:  # the plan may be followed by more text
+            plan, _ = json.JSONDecoder().raw_decode(tail.lstrip())
+        except ValueError:
+            return None
+        return plan if isinstance(plan, list) else None
+    children = value.values() if isinstance(value, dict) else value
+    if isinstance(value, (dict, list)):
+        for child in children:
+            if (found := _plan_of(child)) is not None:
+                return found
+    return None
 
 
 def schema_arguments(schema: Any) -> dict[str, Any]:
