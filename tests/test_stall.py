@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 from _procs import Workers, pid_of_worker, read_effects
-from _proxy import TcpProxy
 
 import kernos
+from kernos.chaos import TcpProxy
 from kernos.errors import StoreFull
 from kernos.kernel import Client, Registry, Worker, WorkerConfig, connect
 from kernos.store import Event, NewRun, RunState, SqlStore, new_run_id, open_store

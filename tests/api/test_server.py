@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _proxy import TcpProxy
 
 from kernos.api import ApiConfig, create_app
+from kernos.chaos import TcpProxy
 from kernos.kernel import Registry, Settings, connect
 from kernos.store import Event, Run, RunState
 from kernos.testing import FAST, running_worker, wait_until

@@ -58,6 +58,7 @@ from kernos.telemetry import (
     tracing_settings,
 )
 
+from ._chaos import chaos_app
 from ._common import (
     AppOpt,
     DbOpt,
@@ -110,6 +111,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(tools_app, name="tools")
 app.add_typer(agents_app, name="agents")
+app.add_typer(chaos_app, name="chaos")
 app.command()(serve)
 app.command()(status)
 
