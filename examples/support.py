@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,12 @@ ORDERS: dict[str, dict[str, Any]] = {
 def ledger_path() -> Path:
     """Where refunds are recorded: ``KERNOS_ACME_DB`` or ``.kernos/acme.db``."""
     return Path(os.environ.get("KERNOS_ACME_DB", ".kernos/acme.db"))
+
+
+def _confirmation_seconds() -> float:
+    """How long a refund waits for the payment provider's confirmation once it is sent:
+    ``KERNOS_ACME_CONFIRM_SECONDS``, 0 by default (``make demo`` kills a worker meanwhile)."""
+    return float(os.environ.get("KERNOS_ACME_CONFIRM_SECONDS", "0"))
 
 
 def _ledger() -> sqlite3.Connection:
@@ -95,6 +102,7 @@ def issue_refund(order_id: str, amount: float, reason: str) -> dict[str, Any]:
             "INSERT OR IGNORE INTO refunds VALUES (?, ?, ?, ?)",
             (key, order_id.strip().upper(), amount, reason),
         )
+    time.sleep(_confirmation_seconds())  # the payment provider confirms (slowly, in the demo)
     return {"refund_id": key, "order_id": order_id, "amount": amount, "currency": order["currency"]}
 
 
