@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kernos.chaos import SCENARIOS, TcpProxy, Timing, scenario, stale_writes
-from kernos.chaos.shop import conversation
+from kernos.chaos._conversations import conversation
 from kernos.errors import InvalidInput
 from kernos.sim import PLAN_MARKER
 from kernos.store import Event
@@ -83,6 +83,9 @@ def test_stale_writes_finds_a_second_result_and_claims_out_of_order() -> None:
     # the old owner's result for step 1 landed after the new owner's: a fenced store refuses it
     assert stale_writes([*clean, _ev(6, "llm_completed", 1)]) == 1
     assert stale_writes([*clean, _ev(6, "run_claimed", claim=1)]) == 1
+    # nothing may follow the run's end
+    assert stale_writes([*clean, _ev(6, "run_completed")]) == 0
+    assert stale_writes([*clean, _ev(6, "run_completed"), _ev(7, "tool_attempt", 3)]) == 1
 
 
 def test_a_conversation_carries_the_plan_the_simulator_plays() -> None:
@@ -155,3 +158,17 @@ def test_chaos_list_and_refusals(tmp_path: Path) -> None:
         "chaos", "tuesday", "--app", "myapp", "--inputs", str(bad), "--dir", str(tmp_path)
     )
     assert lines.returncode != 0 and "inputs.jsonl:2: not JSON" in lines.stderr
+
+
+def test_the_cli_registers_no_agent() -> None:
+    """The shop's agent is registered by importing ``kernos.chaos.shop``, which only a
+    scenario's workers do: a worker of another app must not also serve ``support``."""
+    code = (
+        "import kernos.cli, kernos.chaos, kernos.chaos._runner\n"
+        "from kernos.kernel._registry import REGISTRY\n"
+        "print(REGISTRY.keys())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

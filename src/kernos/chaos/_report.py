@@ -110,14 +110,23 @@ _RESULTS = frozenset(
 )
 
 
+#: the event that ends a run's journal
+_ENDS = frozenset({"run_completed", "run_failed", "run_cancelled"})
+
+
 def stale_writes(events: Sequence[Event]) -> int:
     """How many events of one journal a fenced store should have refused: a second result for
-    the same step, or claims out of order (an old owner's claim after a newer one's)."""
+    the same step, anything after the run's end, or claims out of order (an old owner's claim
+    after a newer one's)."""
     seen: Counter[tuple[str, int | None]] = Counter()
     bad = 0
     claims: list[int] = []
+    ended = False
     for ev in events:
-        if ev.type in _RESULTS:
+        bad += ended
+        if ev.type in _ENDS:
+            ended = True
+        elif ev.type in _RESULTS:
             seen[(ev.type, ev.step)] += 1
             bad += seen[(ev.type, ev.step)] > 1
         elif ev.type == "run_claimed":

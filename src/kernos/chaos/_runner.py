@@ -27,11 +27,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kernos.chaos._conversations import LARGE_REFUND, conversation
+from kernos.chaos._ledger import effects
 from kernos.chaos._proxy import TcpProxy
 from kernos.chaos._report import Collected, Happened, Report, StartedRun, build_report
 from kernos.chaos._scenarios import Injection, Scenario, Timing
 from kernos.chaos._stage import ChaosError, Stage
-from kernos.chaos.shop import LARGE_REFUND, conversation
 from kernos.errors import InvalidState
 from kernos.kernel import Client, connect
 from kernos.sim import PLAN_MODEL, Fault
@@ -290,12 +291,7 @@ def _ledger(app: str, path: Path) -> dict[str, Any] | None:
     """The shop's ledger, or None for another app (whose effects we cannot see)."""
     if app != "kernos.chaos.shop":
         return None
-    import os
-
-    from kernos.chaos import shop
-
-    os.environ["KERNOS_CHAOS_LEDGER"] = str(path)
-    return shop.effects()
+    return effects(path)
 
 
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) WARNING (.*)$")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kernos.chaos.shop import Kind
+from kernos.chaos._conversations import Kind
 from kernos.errors import InvalidInput
 
 __all__ = ["SCENARIOS", "Injection", "Scenario", "Timing", "scenario"]

@@ -18,19 +18,18 @@ measures:
 A conversation's model replies come from the provider simulator's ``plan`` model, which plays
 the plan the customer's message carries (``conversation`` builds both), so each conversation
 is decided by its input and any number run at once.
+
+Importing this module registers the ``support`` agent: only the workers of a scenario (``--app
+kernos.chaos.shop``) import it; the runner and the CLI use ``kernos.chaos._conversations``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sqlite3
-import time
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import kernos
-from kernos.sim import PLAN_MARKER
+from kernos.chaos._conversations import LARGE_REFUND, ORDERS, Kind, conversation
+from kernos.chaos._ledger import effects, ledger_path, open_ledger, record_execution
 
 __all__ = [
     "LARGE_REFUND",
@@ -45,73 +44,6 @@ __all__ = [
     "support",
 ]
 
-#: the shop's orders
-ORDERS: dict[str, dict[str, Any]] = {
-    "A-17": {"status": "delivered", "total": 42.5, "currency": "EUR", "items": ["kettle"]},
-    "B-2": {"status": "in transit", "total": 12.0, "currency": "EUR", "items": ["filters"]},
-    "C-9": {
-        "status": "delivered",
-        "total": 310.0,
-        "currency": "EUR",
-        "items": ["espresso machine"],
-    },
-}
-
-#: refunds above this many EUR wait for a person (the policy ``kernos chaos`` writes)
-LARGE_REFUND = 100.0
-
-#: what a conversation is about: a question, a refund, or a refund a person must approve
-Kind = Literal["question", "refund", "large_refund"]
-
-
-def ledger_path() -> Path:
-    """The ledger's file: ``KERNOS_CHAOS_LEDGER``, or ``.kernos/chaos-ledger.db``."""
-    return Path(os.environ.get("KERNOS_CHAOS_LEDGER", ".kernos/chaos-ledger.db"))
-
-
-def _ledger() -> sqlite3.Connection:
-    path = ledger_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30)
-    conn.executescript(
-        "CREATE TABLE IF NOT EXISTS executions (tool TEXT NOT NULL, run_id TEXT NOT NULL, "
-        "key TEXT NOT NULL, pid INTEGER NOT NULL, at REAL NOT NULL);"
-        "CREATE TABLE IF NOT EXISTS refunds (key TEXT PRIMARY KEY, run_id TEXT NOT NULL, "
-        "order_id TEXT NOT NULL, amount REAL NOT NULL);"
-        "CREATE TABLE IF NOT EXISTS messages (run_id TEXT NOT NULL, order_id TEXT NOT NULL, "
-        "text TEXT NOT NULL);"
-    )
-    return conn
-
-
-def _executed(conn: sqlite3.Connection, tool: str) -> str:
-    """Record one execution of ``tool``; returns the call's idempotency key."""
-    key = kernos.idempotency_key()
-    run_id = key.split(":", 1)[0]
-    conn.execute(
-        "INSERT INTO executions VALUES (?, ?, ?, ?, ?)",
-        (tool, run_id, key, os.getpid(), time.time()),
-    )
-    return key
-
-
-def effects() -> dict[str, Any]:
-    """What the tools did, for the report: executions per tool and key, refunds and messages
-    per run (a ledger that does not exist yet has done nothing)."""
-    if not ledger_path().exists():
-        return {"executions": [], "refunds": [], "messages": []}
-    with _ledger() as conn:
-        executions = conn.execute(
-            "SELECT tool, run_id, key, COUNT(*) FROM executions GROUP BY tool, run_id, key"
-        ).fetchall()
-        refunds = conn.execute("SELECT run_id, order_id, amount, key FROM refunds").fetchall()
-        messages = conn.execute("SELECT run_id, order_id FROM messages").fetchall()
-    return {
-        "executions": [{"tool": t, "run_id": r, "key": k, "count": n} for t, r, k, n in executions],
-        "refunds": [{"run_id": r, "order_id": o, "amount": a, "key": k} for r, o, a, k in refunds],
-        "messages": [{"run_id": r, "order_id": o} for r, o in messages],
-    }
-
 
 @kernos.tool(idempotent=True, timeout=10)
 def lookup_order(order_id: str) -> dict[str, Any]:
@@ -121,8 +53,8 @@ def lookup_order(order_id: str) -> dict[str, Any]:
         order_id: The order's id, like A-17.
     """
     order = ORDERS.get(order_id.strip().upper())
-    with _ledger() as conn:
-        _executed(conn, "lookup_order")
+    with open_ledger() as conn:
+        record_execution(conn, "lookup_order")
     if order is None:
         raise LookupError(f"no order {order_id!r}; order ids look like A-17")
     return {"order_id": order_id.strip().upper(), **order}
@@ -144,8 +76,8 @@ def issue_refund(order_id: str, amount: float, reason: str) -> dict[str, Any]:
         raise ValueError(f"order {order_id} is {order['status']}; only delivered orders refund")
     if not 0 < amount <= order["total"]:
         raise ValueError(f"the amount must be between 0 and {order['total']}, not {amount}")
-    with _ledger() as conn:  # the same key twice is one refund: the effect happens once
-        key = _executed(conn, "issue_refund")
+    with open_ledger() as conn:  # the same key twice is one refund: the effect happens once
+        key = record_execution(conn, "issue_refund")
         conn.execute(
             "INSERT OR IGNORE INTO refunds VALUES (?, ?, ?, ?)",
             (key, key.split(":", 1)[0], order_id.strip().upper(), amount),
@@ -161,8 +93,8 @@ def notify_customer(order_id: str, text: str) -> str:
         order_id: The order the message is about.
         text: The message.
     """
-    with _ledger() as conn:  # no key: a repeat after a crash sends the message again
-        key = _executed(conn, "notify_customer")
+    with open_ledger() as conn:  # no key: a repeat after a crash sends the message again
+        key = record_execution(conn, "notify_customer")
         conn.execute(
             "INSERT INTO messages VALUES (?, ?, ?)", (key.split(":", 1)[0], order_id, text)
         )
@@ -180,30 +112,3 @@ support = kernos.Agent(
     max_turns=10,
     tool_budget=8,
 )
-
-
-def conversation(kind: Kind) -> dict[str, str]:
-    """A customer's first message (the run's input), with the plan the simulated model plays."""
-    if kind == "question":
-        text = "Where is my order B-2?"
-        plan: list[dict[str, Any]] = [
-            {"tool": "lookup_order", "arguments": {"order_id": "B-2"}},
-            {"text": "Your filters (order B-2) are in transit."},
-        ]
-    else:
-        order, amount = ("A-17", 42.5) if kind == "refund" else ("C-9", 310.0)
-        item = ORDERS[order]["items"][0]
-        text = f"My {item} (order {order}) arrived broken. Can I have my money back?"
-        plan = [
-            {"tool": "lookup_order", "arguments": {"order_id": order}},
-            {
-                "tool": "issue_refund",
-                "arguments": {"order_id": order, "amount": amount, "reason": "arrived broken"},
-            },
-            {
-                "tool": "notify_customer",
-                "arguments": {"order_id": order, "text": f"We refunded {amount:.2f} EUR."},
-            },
-            {"text": f"I refunded {amount:.2f} EUR for order {order}."},
-        ]
-    return {"message": f"{text}\n\n{PLAN_MARKER} {json.dumps(plan)}"}
