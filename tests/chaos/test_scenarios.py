@@ -5,6 +5,7 @@ conversation carries, and the command's refusals."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -172,3 +173,43 @@ def test_the_cli_registers_no_agent() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def _processes_of(directory: Path) -> list[int]:
+    """Live processes whose environment names the scenario's kernos.toml (its sim, workers)."""
+    config = str((directory / "kernos.toml").resolve()).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if config in (proc / "environ").read_bytes():
+                status = (proc / "status").read_text()
+                if "\nState:\tZ" not in status:
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_stops_the_scenario_and_every_process_it_started(tmp_path: Path) -> None:
+    directory = tmp_path / "chaos"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "kernos", "chaos", "crash-storm", "--runs", "5", "--workers",
+         "2", "--minutes", "2", "--dir", str(directory)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while len(_processes_of(directory)) < 3:  # the simulator and two workers
+            assert runner.poll() is None, runner.communicate()
+            assert time.monotonic() < deadline, "the scenario did not start its processes"
+            time.sleep(0.2)
+        runner.send_signal(signal.SIGTERM)
+        out, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 1, out + err
+    assert "stopped by SIGTERM" in err
+    assert _processes_of(directory) == []

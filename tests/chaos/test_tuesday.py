@@ -51,6 +51,8 @@ def _check(r: dict[str, Any], *, postgres: bool) -> None:
     assert r["effects"]["measured"] and r["effects"]["duplicate_effects"] == 0, summary
     assert r["stale_owner_writes"] == 0, summary
     assert c["completed"] + c["waiting"].get("approval", 0) == RUNS, summary
+    assert inv["workers_that_died_on_their_own"]["ok"], r["faults"]
+    assert inv["deploys_drained_with_exit_0"]["ok"], r["faults"]
     assert r["ok"] is True
     # every refund conversation that completed refunded exactly once
     refunds_asked = c["by_kind"].get("refund", 0) + c["by_kind"].get("large_refund", 0)
@@ -65,11 +67,20 @@ def _check(r: dict[str, Any], *, postgres: bool) -> None:
     assert any(t == "primary" and "outage" in f for t, f in kinds), kinds
     kills = [f for f in r["faults"] if f["fault"].startswith("SIGKILL")]
     assert len(kills) >= 4, r["faults"]
+    # the busiest worker is the one killed: at least one kill took runs with it, and every
+    # run it held was claimed again by another worker
+    held = [f for f in kills if f["detail"]["in_flight"]]
+    assert held, kills
+    for f in held:
+        n = len(f["detail"]["in_flight"])
+        assert f"{n} claimed again" in f["kernos"], f
     assert all(f["detail"].get("restarted") for f in kills), kills
     deploy = next(f for f in r["faults"] if f["fault"].startswith("SIGTERM"))
     assert deploy["detail"]["exit_code"] == 0, deploy
-    # a worker died with runs in flight at least once, and they were claimed again
     assert c["claims_per_run"] > 1.0, c
+    # retry-after, measured between the simulator's requests: most retries of a 429 waited
+    rate = next(f for f in r["faults"] if f["fault"].startswith("30% of requests"))
+    assert "at least retry-after" in rate["kernos"], rate
     assert r["approvals"]["requested"] >= 1, r["approvals"]
     assert r["approvals"]["approved"] == r["approvals"]["requested"], r["approvals"]
     assert r["answer_seconds"]["p50"] is not None and r["cost_usd"] > 0

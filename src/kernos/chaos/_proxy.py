@@ -105,10 +105,16 @@ class TcpProxy:
     - ``sever()``: reset every open connection now (new ones are still accepted).
     """
 
-    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5432), *, delay: Delay = 0.0):
+    def __init__(
+        self,
+        upstream: tuple[str, int] = ("127.0.0.1", 5432),
+        *,
+        delay: Delay = 0.0,
+        seed: int | None = None,
+    ):
         self.upstream = upstream
         self.delay: Delay = delay
-        self._random = random.Random()
+        self._random = random.Random(seed)
         self._running = threading.Event()
         self._running.set()
         self._lock = threading.Lock()

@@ -172,7 +172,6 @@ def build_report(
     collected: Collected,
     t0: float,
     ended: float,
-    slots: list[list[int]],
 ) -> Report:
     c = collected
     states = Counter(c.runs[r.run_id].state for r in started)
@@ -192,29 +191,31 @@ def build_report(
         for r in started
         if c.runs[r.run_id].state == RunState.FAILED
     )
-    answered = [
-        c.runs[r.run_id].updated_at - c.runs[r.run_id].created_at
-        for r in started
-        if c.runs[r.run_id].state == RunState.COMPLETED
-    ]
+    answered: dict[str, list[float]] = defaultdict(list)
+    for r in started:
+        run = c.runs[r.run_id]
+        if run.state == RunState.COMPLETED:
+            answered[r.kind].append(run.updated_at - run.created_at)
     completed = states[RunState.COMPLETED]
 
     completions = _events(c, ["llm_completed"])
     attempts = _events(c, ["llm_attempt"])
     calls = len(completions)
-    by_provider = Counter(
-        str(ev.payload.get("response", {}).get("provider")) for _, ev in completions
-    )
+    by_provider = Counter(_provider(ev) for _, ev in completions)
     then = Counter(str(ev.payload.get("then")) for _, ev in attempts)
     cost = sum(float(ev.payload.get("response", {}).get("cost") or 0) for _, ev in completions)
     cost += sum(float(ev.payload.get("cost") or 0) for _, ev in attempts)
     llm = {
         "calls_answered": calls,
+        "calls_failed": len(_events(c, ["llm_failed"])),
+        "calls_abandoned": len(_events(c, ["call_abandoned"])),
         "failed_attempts": len(attempts),
         "attempts_per_call": round((calls + len(attempts)) / calls, 2) if calls else None,
         "attempts_per_answer": round((calls + len(attempts)) / completed, 2) if completed else None,
         "answered_by": dict(by_provider),
-        "fallbacks": then.get("fallback", 0),
+        # a call answered by any endpoint but the first of its route fell back, whether a
+        # failed attempt led there or an open breaker skipped the first without trying it
+        "fallbacks": sum(n for p, n in by_provider.items() if p != "primary"),
         "failed_attempts_by_class": dict(
             Counter(str(ev.payload.get("error_class")) for _, ev in attempts)
         ),
@@ -224,37 +225,43 @@ def build_report(
     effects = _effects(c, started)
     stale = sum(stale_writes(evs) for evs in c.journals.values())
 
-    requested = [a for a in c.approvals]
-    waits = [a.decided_at - a.created_at for a in requested if a.decided_at is not None]
+    waits = [a.decided_at - a.created_at for a in c.approvals if a.decided_at is not None]
     approvals = {
-        "requested": len(requested),
-        "approved": sum(1 for a in requested if a.state.value == "approved"),
-        "pending": sum(1 for a in requested if a.state.value == "pending"),
+        "requested": len(c.approvals),
+        "approved": sum(1 for a in c.approvals if a.state.value == "approved"),
+        "pending": sum(1 for a in c.approvals if a.state.value == "pending"),
         "wait_seconds": _percentiles(waits),
-        "by": sorted({a.decided_by for a in requested if a.decided_by}),
+        "by": sorted({a.decided_by for a in c.approvals if a.decided_by}),
     }
 
-    faults = [
-        {
-            "when": h.injection.window(),
-            "target": h.injection.target,
-            "fault": h.injection.what,
-            "kernos": _reaction(h, c, t0, float(options.get("lease_ttl", 5.0))),
-            "detail": h.injection.params | h.detail,
-        }
+    lease_ttl = float(options.get("lease_ttl", 5.0))
+    rows: list[tuple[float, dict[str, Any]]] = [
+        (
+            h.at - t0,
+            {
+                "when": _when(h.at - t0, h.injection.duration),
+                "target": h.injection.target,
+                "fault": h.injection.what,
+                "kernos": _reaction(h, c, t0, lease_ttl),
+                "detail": h.injection.params | h.detail,
+            },
+        )
         for h in happened
     ] + [
-        {
-            "when": i.window(),
-            "target": i.target,
-            "fault": i.what,
-            "kernos": _provider_reaction(i, c, t0),
-            "detail": i.params,
-        }
+        (
+            i.at,
+            {
+                "when": _when(i.at, i.duration),
+                "target": i.target,
+                "fault": i.what,
+                "kernos": _provider_reaction(i, c, t0),
+                "detail": i.params,
+            },
+        )
         for i in schedule
         if i.target in ("primary", "fallback")
     ]
-    faults.sort(key=lambda f: float(str(f["when"]).removeprefix("t=").split("-")[0].rstrip("s")))
+    faults = [row for _, row in sorted(rows, key=lambda r: r[0])]
     if options.get("database") == "sqlite" and scenario.name == "tuesday":
         faults.append(
             {
@@ -267,6 +274,8 @@ def build_report(
             }
         )
 
+    crashes = sum(1 for h in happened if h.injection.action == "crash")
+    deploys = [h for h in happened if h.injection.action == "deploy" and "pid" in h.detail]
     ok_runs = completed + waiting.get("approval", 0)
     invariants = {
         "lost_runs": {"value": lost, "must": "0", "ok": lost == 0},
@@ -281,7 +290,14 @@ def build_report(
             "must": "all",
             "ok": ok_runs == len(started),
         },
+        "workers_that_died_on_their_own": {"value": crashes, "must": "0", "ok": crashes == 0},
+        "deploys_drained_with_exit_0": {
+            "value": f"{sum(1 for h in deploys if h.detail.get('exit_code') == 0)}/{len(deploys)}",
+            "must": "all",
+            "ok": all(h.detail.get("exit_code") == 0 for h in deploys),
+        },
     }
+    all_answers = [t for times in answered.values() for t in times]
     return Report(
         scenario=scenario.name,
         options=options,
@@ -299,8 +315,10 @@ def build_report(
             "claims_per_run": round(
                 sum(c.runs[r.run_id].claims for r in started) / max(1, len(started)), 2
             ),
+            # a large refund's time includes the person's approval
+            "answer_seconds_by_kind": {k: _percentiles(v) for k, v in sorted(answered.items())},
         },
-        answer_seconds=_percentiles(answered),
+        answer_seconds=_percentiles(all_answers),
         llm=llm,
         effects=effects,
         stale_owner_writes=stale,
@@ -309,6 +327,14 @@ def build_report(
         faults=faults,
         invariants=invariants,
     )
+
+
+def _when(at: float, duration: float | None) -> str:
+    return f"t={at:.0f}s" if duration is None else f"t={at:.0f}-{at + duration:.0f}s"
+
+
+def _provider(ev: Event) -> str:
+    return str(ev.payload.get("response", {}).get("provider"))
 
 
 def _effects(c: Collected, started: list[StartedRun]) -> dict[str, Any]:
@@ -338,167 +364,162 @@ def _provider_reaction(i: Injection, c: Collected, t0: float) -> str:
         for e in c.sim_log
         if e["provider"] == i.target and _in(float(e["arrived_wall"]), t0, i, slack=0.5)
     ]
-    faulted = sum(1 for e in log if e.get("fault") is not None)
     attempts = [
         ev
         for _, ev in _events(c, ["llm_attempt"])
         if ev.payload.get("provider") == i.target
         and _in(float(ev.payload.get("started_at") or ev.created_at), t0, i, slack=0.5)
     ]
-    then = Counter(str(ev.payload.get("then")) for ev in attempts)
-    answered = [
-        ev for _, ev in _events(c, ["llm_completed"]) if _in(ev.created_at, t0, i, slack=0.5)
-    ]
-    by_fallback = sum(
-        1 for ev in answered if ev.payload.get("response", {}).get("provider") == "fallback"
-    )
+    answered = [ev for _, ev in _events(c, ["llm_completed"]) if _in(ev.created_at, t0, i, 0.5)]
     if i.action == "rate_limit":
-        waits = [
-            float(ev.payload["delay"])
-            for ev in attempts
-            if ev.payload.get("then") == "retry"
-            and ev.payload.get("error_class") == "rate_limited"
-            and ev.payload.get("delay") is not None
-        ]
-        honoured = sum(1 for w in waits if w >= float(i.params.get("retry_after", 0)) - 0.01)
+        limited = [e for e in log if e.get("fault") == "rate_limit"]
+        waited, fell_back = _after_429(c.sim_log, limited)
+        floor = float(i.params.get("retry_after", 0))
+        honoured = sum(1 for w in waited if w >= floor - 0.05)
         return (
-            f"{faulted} of {len(log)} requests answered 429; kernos waited >= retry-after "
-            f"before {honoured} of {len(waits)} retries of a 429 (median wait "
-            f"{statistics.median(waits) if waits else 0:.1f} s) and fell back on "
-            f"{then['fallback']}"
+            f"{len(limited)} of {len(log)} requests answered 429. In the simulator's log, the "
+            f"same call came back to the primary {len(waited)} times, {honoured} of them at "
+            f"least retry-after ({floor:g} s) later (median gap "
+            f"{statistics.median(waited) if waited else 0:.1f} s), and went to the fallback "
+            f"{fell_back} times"
         )
     if i.action == "outage":
         duration = i.duration or 1.0
+        before = [
+            e
+            for e in c.sim_log
+            if e["provider"] == i.target
+            and t0 + i.at - duration <= float(e["arrived_wall"]) < t0 + i.at
+        ]
+        fallback = sum(1 for ev in answered if _provider(ev) != i.target)
         return (
-            f"{len(log)} requests reached the primary in {duration:.0f} s "
-            f"({len(log) / duration:.1f}/s): after the first failures the breaker held calls "
-            f"back; {by_fallback} of {len(answered)} calls answered in the window came from the "
-            f"fallback"
+            f"{len(log)} requests reached the primary during the {duration:.0f} s outage "
+            f"({len(log) / duration:.1f}/s, against {len(before) / duration:.1f}/s in as long "
+            f"before it); {fallback} of {len(answered)} calls answered in the window came from "
+            f"the fallback"
         )
     if i.action == "slow":
         latencies = [
             float(ev.payload.get("response", {}).get("latency") or 0)
             for ev in answered
-            if ev.payload.get("response", {}).get("provider") == i.target
+            if _provider(ev) == i.target
         ]
         p = _percentiles(latencies)
+        abandoned = sum(
+            1 for _, ev in _events(c, ["call_abandoned"]) if _in(ev.created_at, t0, i, 0.5)
+        )
         return (
             f"{len(latencies)} calls answered by the fallback, latency p50 {p['p50']} s, "
-            f"p95 {p['p95']} s; the runs waited, no call was abandoned"
+            f"p95 {p['p95']} s; {abandoned} calls abandoned by a run's end in the window"
         )
     if i.action == "truncate":
         cut = sum(1 for e in log if e.get("fault") == "truncate")
         classes = Counter(str(ev.payload.get("error_class")) for ev in attempts)
+        failed = sum(1 for _, ev in _events(c, ["llm_failed"]) if _in(ev.created_at, t0, i, 0.5))
         return (
-            f"{cut} responses cut short; kernos classified the attempts "
-            f"({', '.join(f'{k} {n}' for k, n in classes.items()) or 'none'}) and retried; "
-            f"no cut answer reached an agent"
+            f"{cut} responses cut short; the fallback's failed attempts were classified as "
+            f"{', '.join(f'{k} ({n})' for k, n in classes.items()) or 'nothing'} and retried; "
+            f"{failed} calls failed for good in the window"
         )
+    faulted = sum(1 for e in log if e.get("fault") is not None)
     return f"{faulted} of {len(log)} requests faulted"
+
+
+def _after_429(log: list[dict[str, Any]], limited: list[dict[str, Any]]) -> tuple[list[float], int]:
+    """For each 429, the call's next request (same idempotency key): the gaps of those that
+    came back to the same provider, and how many went elsewhere (a fallback)."""
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in log:
+        key = (e.get("headers") or {}).get("idempotency-key")
+        if key:
+            by_key[key].append(e)
+    waited: list[float] = []
+    elsewhere = 0
+    for e in limited:
+        key = (e.get("headers") or {}).get("idempotency-key")
+        following = [n for n in by_key.get(key or "", []) if int(n["seq"]) > int(e["seq"])]
+        if not following:
+            continue
+        nxt = min(following, key=lambda n: int(n["seq"]))
+        if nxt["provider"] == e["provider"]:
+            waited.append(float(nxt["arrived_monotonic"]) - float(e["arrived_monotonic"]))
+        else:
+            elsewhere += 1
+    return waited, elsewhere
 
 
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _worker_of(c: Collected, pid: int) -> str | None:
-    for w in c.workers:
-        if w.pid == pid:
-            return w.id
-    return None
-
-
 def _reaction(h: Happened, c: Collected, t0: float, lease_ttl: float) -> str:
     i = h.injection
+    in_flight: list[str] = list(h.detail.get("in_flight", []))
+    if "skipped" in h.detail:
+        return f"not done: {h.detail['skipped']}"
     if i.action in ("kill", "kill_all"):
-        pids = [h.detail["pid"]] if "pid" in h.detail else list(h.detail.get("pids", []))
-        victims = {w for p in pids if (w := _worker_of(c, p)) is not None}
-        orphaned, recovered, delays = _orphans(c, victims, h.at)
-        p = _percentiles(delays)
+        claimed = _claimed_after(c, in_flight, h.at)
+        p = _percentiles(list(claimed.values()))
+        if not in_flight:
+            return "the worker held no run when it was killed; it was started again"
         return (
-            f"{_n(orphaned, 'run')} in flight on the killed worker; {recovered} claimed "
-            f"again by a live worker (p50 {p['p50']} s, max {p['max']} s after the kill, "
-            f"lease expiry included)"
-            if orphaned
-            else "no run was in flight on the killed worker; it was restarted"
+            f"{_n(len(in_flight), 'run')} held by the killed worker; {len(claimed)} claimed "
+            f"again by a live worker, p50 {p['p50']} s and max {p['max']} s after the kill "
+            f"(the lease TTL is {lease_ttl:g} s)"
         )
-    if i.action == "deploy":
-        worker = _worker_of(c, int(h.detail.get("pid", -1)))
-        end = h.at + float(h.detail.get("drain_seconds", 0)) + 1
-        released = sum(1 for _, ev in _events(c, ["run_released"]) if h.at <= ev.created_at <= end)
-        orphaned, _, _ = _orphans(c, {worker} if worker else set(), end)
+    if i.action == "crash":
+        return f"exit code {h.detail.get('code')}; started again (see its log)"
+    if i.action == "deploy" and not in_flight:
         return (
             f"the worker drained in {h.detail.get('drain_seconds')} s and exited with code "
-            f"{h.detail.get('exit_code')}; {released} runs handed back at once for another "
-            f"worker, {orphaned} left to wait for their lease to expire"
+            f"{h.detail.get('exit_code')}; it held no run"
         )
-    if i.action in ("db_slow", "db_stall", "db_failover"):
-        committed = [ev for _, ev in _events(c, _RESULTS) if _in(ev.created_at, t0, i)]
-        reclaims = [
-            ev
-            for _, ev in _events(c, ["run_claimed"])
-            if int(ev.payload.get("claim") or 0) > 1
-            and _in(ev.created_at, t0, i, slack=3 * lease_ttl)
-        ]
+    if i.action == "deploy":
+        claimed = _claimed_after(c, in_flight, h.at)
+        quick = sum(1 for t in claimed.values() if t < float(h.detail.get("drain_seconds", 0)) + 1)
+        return (
+            f"the worker drained in {h.detail.get('drain_seconds')} s and exited with code "
+            f"{h.detail.get('exit_code')}; of the {_n(len(in_flight), 'run')} it held, "
+            f"{len(claimed)} were claimed again ({quick} at once, handed back; the others "
+            f"when their lease expired), the rest finished on it"
+        )
+    if i.action == "db_slow":
         duration = i.duration or 1.0
-        if i.action == "db_slow":
-            return (
-                f"kernos kept working: {len(committed)} step results committed in the window "
-                f"({len(committed) / duration:.1f}/s)"
-            )
+        committed = [ev for _, ev in _events(c, _RESULTS) if _in(ev.created_at, t0, i)]
+        return (
+            f"kernos kept working: {len(committed)} step results committed in the window "
+            f"({len(committed) / duration:.1f}/s)"
+        )
+    if i.action in ("db_stall", "db_failover"):
+        committed = [ev for _, ev in _events(c, _RESULTS) if _in(ev.created_at, t0, i)]
         stopped = sum(
             1
             for at, line in c.worker_warnings
             if "no lease renewal" in line and _in(at, t0, i, slack=lease_ttl)
         )
+        claimed = _claimed_after(c, in_flight, h.at)
+        stale = sum(stale_writes(c.journals[r]) for r in in_flight if r in c.journals)
         return (
-            f"{len(committed)} step results committed during it; the cut-off workers stopped "
-            f"{_n(stopped, 'run')} themselves (no lease renewal for a whole TTL) and "
-            f"{_n(len(reclaims), 'run')} were claimed again afterwards; the journal shows no "
-            f"stale-owner write"
+            f"{_n(len(committed), 'step result')} committed during it; of the "
+            f"{_n(len(in_flight), 'run')} the workers held, the cut-off workers stopped "
+            f"{stopped} themselves (no lease renewal for a whole TTL) and {len(claimed)} were "
+            f"claimed again; {stale} stale-owner writes in their journals"
         )
     return ""
 
 
-#: the last event of a run that no longer held a lease (it waits, or was handed back)
-_PARKED = frozenset(
-    {
-        "run_released",
-        "run_paused",
-        "timer_started",
-        "message_wait",
-        "approval_requested",
-        "llm_parked",
-        "tool_parked",
-        "child_spawned",
-    }
-)
-
-
-def _orphans(c: Collected, victims: set[str], at: float) -> tuple[int, int, list[float]]:
-    """Runs whose owner at ``at`` was a killed worker: how many, how many another worker
-    claimed later, and how long after the kill each was claimed."""
-    orphaned = recovered = 0
-    delays: list[float] = []
-    for run_id, events in c.journals.items():
-        run = c.runs[run_id]
-        if run.state.terminal and run.updated_at <= at:
-            continue
-        owner, last = None, None
-        for ev in events:
-            if ev.created_at > at:
-                break
-            last = ev.type
-            if ev.type == "run_claimed":
-                owner = ev.payload.get("worker")
-        if owner not in victims or last in _PARKED:
-            continue
-        orphaned += 1
+def _claimed_after(c: Collected, runs: list[str], at: float) -> dict[str, float]:
+    """Of ``runs``, those claimed again after ``at``: how long after, each."""
+    claimed: dict[str, float] = {}
+    for run_id in runs:
         later = next(
-            (ev for ev in events if ev.type == "run_claimed" and ev.created_at > at),
+            (
+                ev
+                for ev in c.journals.get(run_id, [])
+                if ev.type == "run_claimed" and ev.created_at > at
+            ),
             None,
         )
         if later is not None:
-            recovered += 1
-            delays.append(later.created_at - at)
-    return orphaned, recovered, delays
+            claimed[run_id] = later.created_at - at
+    return claimed

@@ -33,6 +33,7 @@ Action = Literal[
     "kill",  # SIGKILL one worker, then start it again
     "kill_all",  # SIGKILL every worker at once, then start them again
     "deploy",  # SIGTERM one worker (it drains), and start its replacement
+    "crash",  # not scheduled: a worker that exited on its own, reported beside the faults
 ]
 
 
@@ -102,7 +103,7 @@ def _kills(every: float, start: float, end: float) -> list[Injection]:
                 at=at,
                 target="workers",
                 action="kill",
-                what="SIGKILL one worker (round robin) and start it again",
+                what="SIGKILL the worker holding the most runs; it starts again 1 s later",
             )
         )
         at += every

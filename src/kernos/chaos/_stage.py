@@ -2,12 +2,18 @@
 
 Everything is a real process started the way an operator would (``python -m kernos sim``,
 ``python -m kernos worker``), with its output in a log file of the scenario's directory, so a
-surprising report can be checked against what each process said. ``close`` leaves nothing
-running whatever happened.
+surprising report can be checked against what each process said. Each child gets a session of
+its own, so a Ctrl-C at the terminal reaches the runner alone, which then stops them in order;
+every process the stage ever started is reaped by ``close``, whatever happened.
+
+The database URL reaches the workers through their environment, not their command line, so a
+password in it does not show in ``ps``. All the stage's methods run on the runner's event loop
+thread: a kill, a restart and a deploy never interleave.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -35,7 +41,19 @@ class WorkerSlot:
     proc: subprocess.Popen[bytes] | None = None
     #: pids this slot has run, oldest first
     pids: list[int] = field(default_factory=list)
-    starts: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """A worker that exited without the runner asking it to: a crash the report must show."""
+
+    pid: int
+    code: int | None
+    seen_at: float
 
 
 class Stage:
@@ -52,26 +70,40 @@ class Stage:
     ) -> None:
         self.directory = directory
         self.app = app
-        self.database_url = database_url
         self.lease_ttl = lease_ttl
         self.concurrency = concurrency
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KERNOS_")},
+            **env,
+            "KERNOS_DATABASE_URL": database_url,
+            "PYTHONUNBUFFERED": "1",
+        }
         self.slots = [WorkerSlot(i) for i in range(workers)]
         self.sim: subprocess.Popen[bytes] | None = None
         self.sim_url = ""
-        self._next_kill = 0
+        #: every process ever started, for ``close``
+        self._procs: list[subprocess.Popen[bytes]] = []
+        #: pids the runner stopped on purpose (a kill, a deploy); any other exit is a crash
+        self._stopped: set[int] = set()
+        self._crashes_seen: set[int] = set()
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        with (self.directory / log_name).open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kernos", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._procs.append(proc)
+        return proc
 
     # -- the simulator ---------------------------------------------------------------------
 
     def start_simulator(self, seed: int) -> str:
         port = _free_port()
-        with (self.directory / "sim.log").open("ab") as log:
-            self.sim = subprocess.Popen(
-                [sys.executable, "-m", "kernos", "sim", "--port", str(port), "--seed", str(seed)],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.sim = self._spawn(["sim", "--port", str(port), "--seed", str(seed)], "sim.log")
         self.sim_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
@@ -89,23 +121,14 @@ class Stage:
     # -- workers -----------------------------------------------------------------------------
 
     def start(self, slot: WorkerSlot) -> int:
-        slot.starts += 1
-        name = f"worker-{slot.index + 1}"
-        with (self.directory / f"{name}.log").open("ab") as log:
-            slot.proc = subprocess.Popen(
-                self._worker_command(),
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        slot.proc = self._spawn(self._worker_args(), f"worker-{slot.index + 1}.log")
         slot.pids.append(slot.proc.pid)
         return slot.proc.pid
 
-    def _worker_command(self) -> list[str]:
+    def _worker_args(self) -> list[str]:
         return [
-            sys.executable, "-m", "kernos", "worker",
+            "worker",
             "--app", self.app,
-            "--database", self.database_url,
             "--lease-ttl", str(self.lease_ttl),
             "--concurrency", str(self.concurrency),
             "--poll-interval", "0.2",
@@ -116,54 +139,65 @@ class Stage:
         for slot in self.slots:
             self.start(slot)
 
-    def kill(self) -> tuple[WorkerSlot, int]:
-        """SIGKILL the next worker in turn; returns its slot and the pid killed."""
-        slot = self.slots[self._next_kill % len(self.slots)]
-        self._next_kill += 1
-        return slot, self._kill(slot)
+    def pids(self) -> set[int]:
+        return {pid for slot in self.slots for pid in slot.pids}
 
-    def _kill(self, slot: WorkerSlot) -> int:
+    def kill(self, slot: WorkerSlot) -> int:
+        """SIGKILL the slot's worker (alive, or the caller would not ask); returns its pid."""
         assert slot.proc is not None
         pid = slot.proc.pid
+        self._stopped.add(pid)
         if slot.proc.poll() is None:
             slot.proc.send_signal(signal.SIGKILL)
         slot.proc.wait(timeout=30)
         return pid
 
-    def kill_all(self) -> list[int]:
-        return [self._kill(slot) for slot in self.slots if slot.proc is not None]
+    def restart(self, slot: WorkerSlot, killed: int) -> int | None:
+        """Start the slot again, unless something else (a deploy) already replaced ``killed``."""
+        if slot.proc is None or slot.proc.pid != killed or slot.proc.poll() is None:
+            return None
+        return self.start(slot)
 
-    def deploy(self, slot: WorkerSlot, timeout: float) -> tuple[int, int | None, float, int]:
+    async def deploy(self, slot: WorkerSlot, timeout: float) -> tuple[int, int | None, float, int]:
         """A rolling deploy of one slot: its replacement starts, then the old worker gets
         SIGTERM and drains. Returns (old pid, its exit code or None, seconds, new pid)."""
         old = slot.proc
         assert old is not None
+        self._stopped.add(old.pid)
         new = self.start(slot)
         began = time.monotonic()
         old.send_signal(signal.SIGTERM)
+        code: int | None
         try:
-            code: int | None = old.wait(timeout=timeout)
+            code = await asyncio.to_thread(old.wait, timeout)
         except subprocess.TimeoutExpired:
             old.kill()
             old.wait()
             code = None
         return old.pid, code, time.monotonic() - began, new
 
-    def revive(self) -> list[int]:
-        """Start again every worker that died (crashed, or was killed and not yet restarted)."""
-        return [self.start(s) for s in self.slots if s.proc is None or s.proc.poll() is not None]
+    def crashes(self) -> list[Exit]:
+        """Workers that exited since the last call without being told to (each reported once);
+        their slots are started again."""
+        found = []
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is None or proc.poll() is None or proc.pid in self._stopped:
+                continue
+            if proc.pid not in self._crashes_seen:
+                self._crashes_seen.add(proc.pid)
+                found.append(Exit(pid=proc.pid, code=proc.returncode, seen_at=time.time()))
+                self.start(slot)
+        return found
 
     def close(self) -> None:
-        for slot in self.slots:
-            if slot.proc is not None and slot.proc.poll() is None:
-                slot.proc.send_signal(signal.SIGTERM)
+        """Stop every process the stage started: SIGTERM, then SIGKILL after 10 s."""
+        alive = [p for p in self._procs if p.poll() is None]
+        for proc in alive:
+            self._stopped.add(proc.pid)
+            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
-        procs = [s.proc for s in self.slots if s.proc is not None] + (
-            [self.sim] if self.sim is not None else []
-        )
-        if self.sim is not None and self.sim.poll() is None:
-            self.sim.send_signal(signal.SIGTERM)
-        for proc in procs:
+        for proc in alive:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -40,8 +40,12 @@ def chaos_list() -> None:
 def _inputs(path: Path | None) -> tuple[Any, ...] | None:
     if path is None:
         return None
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"--inputs {path}: {exc.strerror or exc}") from None
     values = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -101,6 +105,8 @@ def _register(scenario: Scenario) -> None:
     ) -> None:
         if app != "kernos.chaos.shop" and inputs is None:
             raise InvalidInput("--app needs --inputs: the run inputs of your agent")
+        if report is not None and not report.resolve().parent.is_dir():
+            raise InvalidInput(f"--report {report}: its directory does not exist")
         options = ChaosOptions(
             runs=runs,
             workers=workers,
