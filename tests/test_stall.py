@@ -455,3 +455,34 @@ async def test_postgres_connections_reset_mid_run_do_not_fail_it(pg_url: str) ->
             worker.stop()
             await asyncio.wait_for(task, 30)
             await client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_a_worker_started_while_the_database_is_down_waits_for_it(
+    pg_url: str, workers: Workers
+) -> None:
+    """A worker restarted during a failover joins once the database is back, instead of
+    exiting at once (and being restarted in a loop by its supervisor): found by the chaos
+    scenario, where a worker restarted during the stall exited with code 3."""
+    proxy = TcpProxy()  # bound, not listening yet: connections are refused, as by a down server
+    try:
+        worker = workers.start(
+            proxy.url(pg_url), env={"KERNOS_STARTUP_WAIT": "60"}, log_level="WARNING"
+        )
+        await wait_until(lambda: "trying again" in worker.output(), what="a retry", timeout=30)
+        assert worker.alive
+        proxy.start()
+        await wait_until(
+            lambda: re.search(r"kernos worker \S+ on ", worker.output()) is not None,
+            what="the worker's banner once the database is back",
+            timeout=60,
+        )
+        assert worker.alive
+    finally:
+        proxy.close()
+    impatient = workers.start(
+        "postgresql://postgres@127.0.0.1:1/test", env={"KERNOS_STARTUP_WAIT": "0"}
+    )
+    assert impatient.proc.wait(timeout=60) == 3
+    assert "unavailable" in impatient.output()

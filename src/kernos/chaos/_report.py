@@ -486,9 +486,15 @@ def _reaction(h: Happened, c: Collected, t0: float, lease_ttl: float) -> str:
     if i.action == "db_slow":
         duration = i.duration or 1.0
         committed = [ev for _, ev in _events(c, _RESULTS) if _in(ev.created_at, t0, i)]
+        lost = sum(
+            1
+            for at, line in c.worker_warnings
+            if "lease lost to another worker" in line and _in(at, t0, i, slack=lease_ttl)
+        )
         return (
             f"kernos kept working: {len(committed)} step results committed in the window "
-            f"({len(committed) / duration:.1f}/s)"
+            f"({len(committed) / duration:.1f}/s); live workers whose lease renewals came too "
+            f"late lost {_n(lost, 'run')} to another worker (fenced, then replayed there)"
         )
     if i.action in ("db_stall", "db_failover"):
         committed = [ev for _, ev in _events(c, _RESULTS) if _in(ev.created_at, t0, i)]

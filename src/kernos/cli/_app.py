@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from kernos.errors import KernosError, UsageError
+from kernos.errors import KernosError, StoreUnavailable, UsageError
 from kernos.gateway import GROUPS, cost_report, default_services
 from kernos.governance import (
     BudgetLine,
@@ -34,6 +35,7 @@ from kernos.governance import (
 from kernos.kernel import (
     REGISTRY,
     CallService,
+    Client,
     Faults,
     Notifier,
     Observer,
@@ -427,9 +429,8 @@ async def _run_worker(
     notifier: Notifier | None,
     telemetry: _Telemetry,
 ) -> None:
-    client = await connect(url, settings=settings, registry=REGISTRY)
+    client = await _connect_waiting(url, settings)
     try:
-        await audit_config(client.store, process="kernos worker")  # config.changed, if it did
         redactor = redactor_from_config()  # [redaction]: secrets always, PII per tenant
         gatekeeper = governor_from_config(client.store, redactor=redactor)  # [policy], [[budgets]]
         w = Worker(
@@ -451,6 +452,37 @@ async def _run_worker(
     finally:
         await telemetry.close()
         await client.close()
+
+
+async def _connect_waiting(url: str, settings: Settings) -> Client:
+    """Connect (and record the configuration in the audit log), waiting for a database that
+    cannot be reached yet: a worker restarted during a failover or a stall joins when the
+    database is back, instead of exiting and being restarted in a loop by its supervisor."""
+    deadline = time.monotonic() + settings.startup_wait
+    delay = 0.5
+    while True:
+        client: Client | None = None
+        try:
+            client = await connect(url, settings=settings, registry=REGISTRY)
+            await audit_config(client.store, process="kernos worker")  # config.changed, if so
+            return client
+        except StoreUnavailable as exc:
+            if client is not None:
+                await client.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            wait = min(delay, left)
+            err.print(
+                f"[yellow]the database is unavailable ({escape(str(exc))}); trying again in "
+                f"{wait:.1f} s (KERNOS_STARTUP_WAIT leaves {left:.0f} s)[/]"
+            )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, 5.0)
+        except BaseException:
+            if client is not None:
+                await client.close()
+            raise
 
 
 @dataclass

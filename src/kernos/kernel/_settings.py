@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     grace: float = Field(default=30.0, ge=0)
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD, ge=1024)
     db_io_timeout: float | None = Field(default=None, gt=0)
+    #: seconds a starting worker waits for an unreachable database before it gives up (exit 3)
+    startup_wait: float = Field(default=60.0, ge=0)
     fault: str | None = None
 
 
