@@ -438,6 +438,96 @@ def test_registry_creates_one_breaker_under_concurrent_first_use() -> None:
     assert len({id(b) for b in seen}) == 1
 
 
+# --- a breaker held open for the fleet -----------------------------------------------------
+
+
+def test_a_breaker_held_open_refuses_until_then_and_probes_afterwards() -> None:
+    """Another worker's breaker is open: this one refuses calls as long, then probes itself."""
+    clock = FakeClock()
+    opened: list[int] = []
+    breaker = CircuitBreaker(cooldown=5.0, clock=clock, on_open=lambda: opened.append(1))
+    assert breaker.hold_open(clock.now + 8.0, cooldown=5.0)
+    snap = breaker.snapshot()
+    assert (snap.state, snap.retry_at, snap.held, snap.opened_at) == (
+        BreakerState.OPEN,
+        clock.now + 8.0,
+        True,
+        clock.now,
+    )
+    assert breaker.acquire() is None
+    clock.advance(8.0)
+    probe = admitted(breaker)
+    assert probe.probe and breaker.acquire() is None
+    probe.success()
+    assert state_of(breaker) is BreakerState.CLOSED and not breaker.snapshot().held
+    assert opened == []  # nothing failed here: nothing for this worker to tell the fleet
+
+
+def test_holding_open_never_shortens_a_refusal() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)  # open until now + 5
+    assert not breaker.hold_open(clock.now + 2.0)
+    assert not breaker.hold_open(clock.now - 1.0)
+    assert breaker.retry_at() == clock.now + 5.0 and not breaker.snapshot().held
+    assert breaker.hold_open(clock.now + 9.0)
+    assert breaker.retry_at() == clock.now + 9.0 and breaker.snapshot().held
+    closed = CircuitBreaker(clock=clock)
+    assert not closed.hold_open(clock.now) and state_of(closed) is BreakerState.CLOSED
+
+
+def test_a_failed_probe_after_a_held_period_doubles_the_fleets_cooldown() -> None:
+    """The fleet backs off together: the cooldown doubled is the other worker's, clamped to
+    this breaker's range."""
+    clock = FakeClock()
+    opened: list[int] = []
+    breaker = CircuitBreaker(
+        cooldown=5.0, max_cooldown=60.0, clock=clock, on_open=lambda: opened.append(1)
+    )
+    breaker.hold_open(clock.now + 20.0, cooldown=20.0)
+    clock.advance(20.0)
+    admitted(breaker).failure()
+    snap = breaker.snapshot()
+    assert (snap.state, snap.cooldown, snap.held) == (BreakerState.OPEN, 40.0, False)
+    assert snap.retry_at == clock.now + 40.0
+    assert opened == [1]  # this failure was seen here: news for the fleet
+    breaker.hold_open(clock.now + 100.0, cooldown=500.0)
+    assert breaker.snapshot().cooldown == 60.0
+
+
+def test_holding_open_makes_calls_in_flight_stale_news() -> None:
+    """A probe (or any call) admitted before the breaker was held open cannot close it."""
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.advance(5.0)
+    probe = admitted(breaker)
+    assert breaker.hold_open(clock.now + 10.0)
+    probe.success()
+    assert state_of(breaker) is BreakerState.OPEN and breaker.retry_at() == clock.now + 10.0
+    fresh = CircuitBreaker(failure_threshold=1, clock=clock)
+    late = admitted(fresh)
+    fresh.hold_open(clock.now + 1.0)
+    late.failure()
+    assert fresh.snapshot().held and fresh.retry_at() == clock.now + 1.0
+
+
+def test_only_failures_seen_here_call_on_open() -> None:
+    clock = FakeClock()
+    opened: list[str] = []
+    registry = BreakerRegistry(
+        failure_threshold=2, cooldown=1.0, clock=clock, on_open=lambda: opened.append("x")
+    )
+    breaker = registry.get("oa:m")
+    admitted(breaker).failure()
+    assert opened == []
+    admitted(breaker).failure()
+    assert opened == ["x"]
+    registry.get("an:m").hold_open(clock.now + 5.0)
+    assert opened == ["x"]
+    clock.advance(1.0)
+    admitted(breaker).failure()  # the failed probe opens it again
+    assert opened == ["x", "x"]
+
+
 class BreakerMachine(RuleBasedStateMachine):
     """Any interleaving of calls, outcomes and time keeps the breaker's promises."""
 
@@ -448,6 +538,8 @@ class BreakerMachine(RuleBasedStateMachine):
             failure_threshold=3, cooldown=2.0, max_cooldown=16.0, clock=self.clock
         )
         self.permits: list[Permit] = []
+        #: admitted before the breaker was last held open: their outcomes must change nothing
+        self.stale: list[Permit] = []
 
     @rule()
     def acquire(self) -> None:
@@ -477,6 +569,26 @@ class BreakerMachine(RuleBasedStateMachine):
             assert state_of(self.breaker) is BreakerState.OPEN
         if permit.probe and outcome == "release":
             assert state_of(self.breaker) is was_probe_state is BreakerState.HALF_OPEN
+
+    @rule(seconds=st.floats(0, 20), cooldown=st.none() | st.floats(0.5, 40))
+    def hold_open(self, seconds: float, cooldown: float | None) -> None:
+        before = self.breaker.snapshot()
+        until = self.clock.now + seconds
+        held = self.breaker.hold_open(until, cooldown=cooldown)
+        after = self.breaker.snapshot()
+        if held:
+            assert after.state is BreakerState.OPEN and after.retry_at == until and after.held
+            self.stale += self.permits
+            self.permits = []
+        else:
+            assert after == before
+
+    @precondition(lambda self: bool(self.stale))
+    @rule(outcome=st.sampled_from(["success", "failure", "release"]))
+    def finish_stale(self, outcome: str) -> None:
+        before = self.breaker.snapshot()
+        getattr(self.stale.pop(), outcome)()
+        assert self.breaker.snapshot() == before
 
     @rule(seconds=st.floats(0, 20))
     def wait(self, seconds: float) -> None:
@@ -764,6 +876,72 @@ async def test_many_waiters_on_one_timer_all_get_through() -> None:
     assert len(results) == 100
     assert max(results) >= 0.1  # the last of 100 needed 0.2 s of refill
     assert limiter.snapshot().queued == 0
+
+
+# --- a share of the fleet's limits -----------------------------------------------------------
+
+
+def test_a_smaller_share_takes_effect_at_once_and_a_larger_one_refills_without_a_burst() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=600, tpm=60_000, clock=clock)
+    limiter.set_rates(rpm=200, tpm=20_000)  # two more workers joined
+    snap = limiter.snapshot()
+    assert limiter.rates() == (200, 20_000)
+    assert snap.requests_available == 200 and snap.tokens_available == 20_000
+    limiter.set_rates(rpm=600, tpm=60_000)  # they left
+    assert limiter.rates() == (600, 60_000)
+    assert limiter.snapshot().requests_available == 200  # no burst...
+    clock.advance(1.0)
+    snap = limiter.snapshot()  # ...but the new rate: 10 requests and 1,000 tokens a second
+    assert snap.requests_available == 210 and snap.tokens_available == 21_000
+
+
+async def test_a_larger_share_serves_the_queue_sooner_in_the_same_order() -> None:
+    limiter = RateLimiter(rpm=None, tpm=600)  # 10 tokens per second
+    drain_tokens(limiter)
+    order: list[str] = []
+
+    async def call(name: str, tokens: int) -> None:
+        await limiter.acquire(tokens)
+        order.append(name)
+
+    # at 10 tokens a second the head alone would wait 30 s
+    tasks = [
+        asyncio.create_task(call(name, tokens))
+        for name, tokens in (("big", 300), ("small", 1), ("tiny", 0))
+    ]
+    await until_queued(limiter, 3)
+    limiter.set_rates(rpm=None, tpm=600_000)  # 10,000 tokens a second
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=15)
+    assert order == ["big", "small", "tiny"]
+
+
+async def test_a_smaller_share_refuses_at_once_the_waiters_it_makes_late() -> None:
+    clock = FakeClock()  # stands still: no refill unless the test moves it
+    limiter = RateLimiter(rpm=None, tpm=600_000, clock=clock)
+    drain_tokens(limiter)
+    late = asyncio.create_task(limiter.acquire(200, deadline=clock.now + 30))
+    patient = asyncio.create_task(limiter.acquire(1))
+    await until_queued(limiter, 2)
+    limiter.set_rates(rpm=None, tpm=60)  # one token a second: 200 tokens take 200 s
+    with pytest.raises(LimitWouldExceedDeadline):
+        await asyncio.wait_for(late, timeout=10)
+    snap = limiter.snapshot()
+    assert snap.queued == 1 and snap.queued_tokens == 1  # the patient one keeps its place
+    clock.advance(1.0)  # its token has come in
+    limiter.set_rates(rpm=None, tpm=600_000)
+    assert await asyncio.wait_for(patient, timeout=15) == 1.0
+
+
+def test_setting_rates_can_turn_a_limit_on_or_off() -> None:
+    limiter = RateLimiter(rpm=None, tpm=None)
+    limiter.set_rates(rpm=60, tpm=None)
+    assert limiter.rates() == (60, None) and limiter.snapshot().requests_available == 60
+    limiter.set_rates(rpm=None, tpm=None)
+    assert completes_without_waiting(limiter.acquire(10**9)) == 0.0
+    with pytest.raises(ValueError):
+        limiter.set_rates(rpm=60, tpm=0)
+    assert limiter.rates() == (None, None)  # a refused change changes nothing
 
 
 @pytest.mark.parametrize(

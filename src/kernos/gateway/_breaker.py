@@ -26,6 +26,11 @@ The usual pattern::
 Outcomes are applied only to the state they were admitted in: a slow call admitted before the
 breaker opened cannot re-open it, extend its cooldown, or close it again when it finally answers.
 
+Across a fleet, a breaker that opens on one worker's failures (``on_open`` tells the gateway)
+is held open on the others with ``hold_open`` for the rest of its cooldown; each then probes on
+its own, and a failed probe doubles the cooldown the fleet shared. A held breaker is marked
+``held`` in its snapshot: the worker whose failures opened it is the one that reports it.
+
 Every method takes a plain ``threading.Lock`` for a few dictionary-free assignments and never
 awaits, so the breaker is safe to share between an event loop and threads and costs next to
 nothing on the hot path (a closed breaker does not even read the clock).
@@ -73,6 +78,8 @@ class BreakerSnapshot:
     #: seconds the current (or next) open period lasts
     cooldown: float
     probes_in_flight: int
+    #: the current open period was learned from another worker (``hold_open``), not seen here
+    held: bool = False
 
 
 class Permit:
@@ -146,6 +153,7 @@ class CircuitBreaker:
         cooldown: float = 5.0,
         max_cooldown: float = 60.0,
         clock: Clock = time.monotonic,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
@@ -168,6 +176,8 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._reopen_at = 0.0
         self._probing = False
+        self._held = False  # the current open period came from hold_open
+        self._on_open = on_open
 
     @property
     def state(self) -> BreakerState:
@@ -206,7 +216,34 @@ class CircuitBreaker:
                 retry_at=self._retry_at(now),
                 cooldown=self._cooldown,
                 probes_in_flight=int(self._probing),
+                held=self._tripped and self._held,
             )
+
+    def hold_open(self, until: float, *, cooldown: float | None = None) -> bool:
+        """Refuse calls until ``until`` (this breaker's clock), then probe as after any cooldown:
+        another worker's breaker for the same endpoint is open that long.
+
+        Only ever lengthens the refusal: a breaker already open (or a probe already due) past
+        ``until`` is left as it is, and the answer is False. Otherwise the breaker opens, or
+        stays open longer; calls in flight, a probe included, no longer decide its state (the
+        other worker's evidence is newer). ``cooldown``, the open period's length over there,
+        is what a failed probe here doubles, so the fleet backs off together.
+        ``on_open`` is not called: this worker did not see the endpoint fail.
+        """
+        with self._lock:
+            now = self._clock()
+            if until <= now or (self._tripped and self._reopen_at >= until):
+                return False
+            self._epoch += 1
+            if not self._tripped:
+                self._opened_at = now
+            self._tripped = True
+            self._held = True
+            self._probing = False
+            self._reopen_at = until
+            if cooldown is not None:
+                self._cooldown = min(self._max_cooldown, max(self._cooldown, cooldown))
+            return True
 
     def _state(self, now: float) -> BreakerState:
         if not self._tripped:
@@ -223,25 +260,33 @@ class CircuitBreaker:
 
     def _record(self, permit: Permit, outcome: int) -> None:
         with self._lock:
-            if permit._done:
-                return
-            permit._done = True
-            if permit._epoch != self._epoch:
-                return  # admitted before the last transition: stale news about the endpoint
-            if permit.probe:
-                self._record_probe(outcome)
-            elif outcome == _SUCCESS:
-                self._failures = 0
-            elif outcome == _FAILURE:
-                self._failures += 1
-                if self._failures >= self._threshold:
-                    self._open(self._base_cooldown)
+            epoch = self._epoch
+            self._record_locked(permit, outcome)
+            opened = self._tripped and self._epoch != epoch
+        if opened and self._on_open is not None:
+            self._on_open()
+
+    def _record_locked(self, permit: Permit, outcome: int) -> None:
+        if permit._done:
+            return
+        permit._done = True
+        if permit._epoch != self._epoch:
+            return  # admitted before the last transition: stale news about the endpoint
+        if permit.probe:
+            self._record_probe(outcome)
+        elif outcome == _SUCCESS:
+            self._failures = 0
+        elif outcome == _FAILURE:
+            self._failures += 1
+            if self._failures >= self._threshold:
+                self._open(self._base_cooldown)
 
     def _record_probe(self, outcome: int) -> None:
         self._probing = False
         if outcome == _SUCCESS:
             self._epoch += 1
             self._tripped = False
+            self._held = False
             self._failures = 0
             self._cooldown = self._base_cooldown
         elif outcome == _FAILURE:
@@ -251,6 +296,7 @@ class CircuitBreaker:
     def _open(self, cooldown: float) -> None:
         self._epoch += 1
         self._tripped = True
+        self._held = False
         self._cooldown = cooldown
         self._opened_at = self._clock()
         self._reopen_at = self._opened_at + cooldown
@@ -275,7 +321,10 @@ class BreakerRegistry:
         cooldown: float = 5.0,
         max_cooldown: float = 60.0,
         clock: Clock = time.monotonic,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
+        """``on_open`` is called (outside any lock) each time one of the breakers opens on
+        failures seen in this process: the gateway tells the fleet."""
         # Fail at construction, not at the first call to some endpoint.
         CircuitBreaker(
             failure_threshold=failure_threshold, cooldown=cooldown, max_cooldown=max_cooldown
@@ -284,6 +333,7 @@ class BreakerRegistry:
         self._cooldown = cooldown
         self._max_cooldown = max_cooldown
         self._clock = clock
+        self._on_open = on_open
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
 
@@ -299,6 +349,7 @@ class BreakerRegistry:
                     cooldown=self._cooldown,
                     max_cooldown=self._max_cooldown,
                     clock=self._clock,
+                    on_open=self._on_open,
                 )
                 self._breakers[endpoint] = breaker
             return breaker

@@ -11,6 +11,11 @@ out when the bucket is full (running it into debt) rather than never. The estima
 tokens is corrected with ``settle`` once the provider reports real usage, and a provider's
 ``retry-after`` becomes ``pause_until``, which holds back every caller in the process.
 
+In a fleet of workers the configured limits are the fleet's: each worker's limiter admits its
+share of them, and ``set_rates`` changes that share in place as workers come and go, without
+reordering or dropping the callers already queued. A pause another worker was given reaches
+this limiter through ``pause_until`` as well (see the gateway's ``_fleet``).
+
 The limiter lives on one event loop and never blocks it: the only timer is the one that wakes
 the head of the queue (plus one per waiter that has a deadline), there is no polling, and the
 unlimited case returns without touching the queue.
@@ -101,12 +106,24 @@ class _Waiter:
         self.deadline_timer: asyncio.TimerHandle | None = None
 
 
-def _per_minute(name: str, value: float | None) -> _Bucket | None:
-    if value is None:
-        return None
-    if not (value > 0 and math.isfinite(value)):
+def _check(name: str, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a positive number or None (no limit), got {value!r}")
-    return _Bucket(value)
+
+
+def _per_minute(name: str, value: float | None) -> _Bucket | None:
+    _check(name, value)
+    return None if value is None else _Bucket(value)
+
+
+def _resized(name: str, bucket: _Bucket | None, value: float | None) -> _Bucket | None:
+    """``bucket`` at a new capacity and rate, keeping what it holds up to the new capacity."""
+    if bucket is None or value is None:
+        return _per_minute(name, value)
+    bucket.capacity = value
+    bucket.rate = value / 60.0
+    bucket.level = min(bucket.level, value)
+    return bucket
 
 
 class RateLimiter:
@@ -174,19 +191,50 @@ class RateLimiter:
         if self._live:
             self._dispatch()
 
-    def pause_until(self, when: float) -> None:
-        """Send nothing before ``when`` (a clock time): the provider said so with a 429.
+    def pause_until(self, when: float) -> bool:
+        """Send nothing before ``when`` (a clock time): the provider said so with a 429 (to this
+        process, or to another worker of the fleet).
 
         Queued and new callers wait; queued callers whose deadline the pause now makes
         impossible are rejected at once rather than at their deadline. A pause never shortens
-        an earlier, longer one.
+        an earlier, longer one. True if this call lengthened the pause.
         """
         if when <= self._paused_until:
-            return
+            return False
         self._paused_until = when
         if self._live:
             self._reject_hopeless()
             self._dispatch()
+        return True
+
+    def set_rates(self, *, rpm: float | None, tpm: float | None) -> None:
+        """Change the limits in place: the share of a provider's limits this process may use
+        changed (another worker joined the fleet, or one left).
+
+        Queued callers keep their places and their deadlines. Each bucket keeps what it holds,
+        up to its new capacity: a shrinking share takes effect at once, a growing one refills
+        at the new rate (no burst). Queued callers whose deadline the new rates make impossible
+        are rejected at once, as by ``pause_until``. A limit that was off (or is turned off)
+        starts full (or is dropped).
+        """
+        _check("rpm", rpm)
+        _check("tpm", tpm)
+        self._refill(self._clock())
+        self._requests = _resized("rpm", self._requests, rpm)
+        self._tokens = _resized("tpm", self._tokens, tpm)
+        self._unlimited = self._requests is None and self._tokens is None
+        if self._live:
+            self._reject_hopeless()
+            if self._live:
+                self._dispatch()
+
+    def rates(self) -> tuple[float | None, float | None]:
+        """The requests and tokens per minute this limiter admits now (None: that limit is
+        off)."""
+        return (
+            None if self._requests is None else self._requests.capacity,
+            None if self._tokens is None else self._tokens.capacity,
+        )
 
     def snapshot(self) -> LimiterSnapshot:
         now = self._clock()
