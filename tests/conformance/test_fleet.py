@@ -1,5 +1,7 @@
 """The fleet on both backends: workers' rows (alive, dead, stopped, pruned), agent versions with
-their live runs and the workers that serve them, and retired versions (issue #8, section 4).
+their live runs and the workers that serve them, and retired versions (issue #8, section 4);
+the gateway state workers share through their rows: rate-limit shares, pauses and open
+breakers (issue #9, section 2).
 
 Guarantee 8 stays intact: a run keeps the version it started on; retiring a version refuses new
 runs of it and nothing else, and nothing here ever moves a run to another version.
@@ -7,6 +9,7 @@ runs of it and nothing else, and nothing here ever moves a run to another versio
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -15,6 +18,8 @@ from conformance.test_store import ev, new_run
 
 from kernos.errors import AgentNotFound, InvalidInput
 from kernos.store import (
+    BreakerHold,
+    GatewayReport,
     NewRun,
     RunState,
     Schedule,
@@ -151,6 +156,124 @@ async def test_rows_stopped_or_dead_for_a_day_are_pruned_when_a_worker_starts(
     assert len(await store.list_workers()) == 3
     await store.register_worker(registration("new"))
     assert {w.id for w in await store.list_workers()} == {"new", "recent-stopped"}
+
+
+# -- the gateway's state, shared ----------------------------------------------------------------
+
+
+async def test_what_one_gateway_publishes_reaches_the_others_as_seconds_left(
+    store: SqlStore,
+) -> None:
+    for worker_id in ("w1", "w2"):
+        await store.register_worker(registration(worker_id))
+    report = GatewayReport(
+        providers=("oa",),
+        paused={"oa": 30.0},
+        open={"oa:m": BreakerHold(remaining=20.0, cooldown=5.0)},
+    )
+    mine = await store.publish_gateway("w1", report)
+    # its own holds are not told back to it; the other worker has not published yet
+    assert (mine.sharing, mine.paused, mine.open) == ({"oa": 1}, {}, {})
+
+    seen = await store.publish_gateway("w2", GatewayReport(providers=("oa", "an")))
+    assert seen.sharing == {"oa": 2, "an": 1}
+    assert 20 < seen.paused["oa"] <= 30.0
+    hold = seen.open["oa:m"]
+    assert 10 < hold.remaining <= 20.0 and hold.cooldown == 5.0
+    again = await store.fleet_gateway("w2")  # a read alone says the same, a little later
+    assert again.sharing == seen.sharing and again.paused["oa"] <= seen.paused["oa"]
+    first = await store.fleet_gateway("w1")
+    assert (first.sharing, first.paused, first.open) == ({"oa": 2, "an": 1}, {}, {})
+
+
+async def test_times_are_kept_on_the_databases_clock(store: SqlStore) -> None:
+    """A worker's own clock plays no part: what is stored is the database's time plus the
+    seconds the worker said, and a reader gets seconds back from the database's time."""
+    for worker_id in ("w1", "w2"):
+        await store.register_worker(registration(worker_id))
+    await store.publish_gateway("w1", GatewayReport(paused={"oa": 100.0}))
+    with store.dialect.read() as tx:
+        now = store.dialect.now(tx)
+        row = tx.fetchone("SELECT gateway FROM kernos_workers WHERE id = ?", ("w1",))
+    assert row is not None
+    until = json.loads(row[0])["paused"]["oa"]
+    assert now < until <= now + 100.0
+    # a database clock (wherever it is) that moved 40 s on: 60 s are left, not 100
+    with store.dialect.write() as tx:
+        tx.execute(
+            "UPDATE kernos_workers SET gateway = ? WHERE id = ?",
+            (json.dumps({"providers": [], "paused": {"oa": until - 40}, "open": {}}), "w1"),
+        )
+    left = (await store.fleet_gateway("w2")).paused["oa"]
+    assert 50 < left <= 60.0
+
+
+async def test_the_longest_hold_wins_and_ended_ones_are_left_out(store: SqlStore) -> None:
+    for worker_id in ("w1", "w2", "w3"):
+        await store.register_worker(registration(worker_id))
+    await store.publish_gateway(
+        "w1",
+        GatewayReport(
+            paused={"oa": 10.0, "an": 0.3},
+            open={"oa:m": BreakerHold(remaining=40.0, cooldown=10.0)},
+        ),
+    )
+    await store.publish_gateway(
+        "w2",
+        GatewayReport(
+            paused={"oa": 40.0, "gone": 0.0},
+            open={
+                "oa:m": BreakerHold(remaining=5.0, cooldown=60.0),
+                "an:m": BreakerHold(remaining=-1.0, cooldown=5.0),
+            },
+        ),
+    )
+    fleet = await store.fleet_gateway("w3")
+    assert set(fleet.paused) == {"oa", "an"} and 30 < fleet.paused["oa"] <= 40.0
+    assert set(fleet.open) == {"oa:m"}
+    assert 30 < fleet.open["oa:m"].remaining <= 40 and fleet.open["oa:m"].cooldown == 10.0
+
+    async def an_resumed() -> bool:
+        return "an" not in (await store.fleet_gateway("w3")).paused
+
+    await wait_until(an_resumed, timeout=10, what="the 0.3 s pause to end")
+
+
+async def test_dead_and_stopped_workers_share_nothing(store: SqlStore) -> None:
+    """A pause or an open breaker from a worker that stopped or died is ignored, and it no
+    longer takes a share of the limits; a worker always counts itself."""
+    for worker_id in ("dead", "stopped", "alive", "late"):
+        await store.register_worker(registration(worker_id))
+    held = GatewayReport(
+        providers=("oa",),
+        paused={"oa": 60.0},
+        open={"oa:m": BreakerHold(remaining=60.0, cooldown=5.0)},
+    )
+    for worker_id in ("dead", "stopped", "late"):
+        await store.publish_gateway(worker_id, held)
+    fleet = await store.publish_gateway("alive", GatewayReport(providers=("oa",)))
+    assert fleet.sharing == {"oa": 4} and set(fleet.paused) == {"oa"}
+
+    await store.stop_worker("stopped")
+    await age_worker(store, "dead", 1000)  # silent for far more than 3 lease TTLs of 30 s
+    await age_worker(store, "late", 1000)
+    await store.publish_gateway("stopped", held)  # a stopped row is not written again
+    fleet = await store.fleet_gateway("alive")
+    assert (fleet.sharing, fleet.paused, fleet.open) == ({"oa": 1}, {}, {})
+    # a worker whose own heartbeat is late still counts itself, never the dead
+    assert (await store.fleet_gateway("late")).sharing == {"oa": 2}
+
+
+async def test_a_worker_that_restarts_under_its_id_has_published_nothing(
+    store: SqlStore,
+) -> None:
+    await store.register_worker(registration("w1"))
+    await store.register_worker(registration("w2"))
+    await store.publish_gateway("w1", GatewayReport(providers=("oa",), paused={"oa": 60.0}))
+    assert (await store.fleet_gateway("w2")).paused
+    await store.register_worker(registration("w1"))
+    fleet = await store.fleet_gateway("w2")
+    assert (fleet.sharing, fleet.paused) == ({}, {})
 
 
 # -- versions --------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ schedules) while the runs it has keep going on it; it is drained when none is le
 version no live worker executes are not lost and never moved to another version: they wait,
 and ``VersionStatus.stranded`` says so.
 
+Each worker's gateway also publishes on its row what the others should know (``gateway``,
+migration 12): the providers whose rate limits it shares, a provider's ``retry-after`` pause and
+the breakers that failures opened. Those times are stored on the database's clock, and a reader
+gets them back as seconds from its read, so workers whose clocks disagree still pause together.
+
 Every function here works inside a transaction the store opened.
 """
 
@@ -28,6 +33,9 @@ from kernos.errors import AgentNotFound, InvalidState
 from kernos.store._dialect import Tx, placeholders
 from kernos.store._oversight import append_audit
 from kernos.store._records import (
+    BreakerHold,
+    FleetGateway,
+    GatewayReport,
     RunState,
     VersionStatus,
     WorkerRecord,
@@ -99,7 +107,8 @@ def register_worker(tx: Tx, reg: WorkerRegistration, now: float) -> None:
         "ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
         "versions = excluded.versions, concurrency = excluded.concurrency, active = 0, "
         "lease_ttl = excluded.lease_ttl, started_at = excluded.started_at, "
-        "heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, info = excluded.info",
+        "heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, info = excluded.info, "
+        "gateway = NULL",
         (
             reg.id,
             reg.host,
@@ -166,6 +175,58 @@ def list_workers(tx: Tx, now: float) -> list[WorkerRecord]:
     ]
     order = {WorkerState.ALIVE: 0, WorkerState.DEAD: 1, WorkerState.STOPPED: 2}
     return sorted(workers, key=lambda w: order[w.state])
+
+
+# -- the gateway's state, shared across the fleet -------------------------------------------
+
+
+def publish_gateway(tx: Tx, worker_id: str, report: GatewayReport, now: float) -> None:
+    """Replace what a running worker's gateway tells the fleet (a stopped row stays silent)."""
+    shared = {
+        "providers": sorted(set(report.providers)),
+        "paused": {p: now + left for p, left in report.paused.items() if left > 0},
+        "open": {
+            e: [now + hold.remaining, hold.cooldown]
+            for e, hold in report.open.items()
+            if hold.remaining > 0
+        },
+    }
+    tx.execute(
+        "UPDATE kernos_workers SET gateway = ? WHERE id = ? AND stopped_at IS NULL",
+        (_dumps(shared), worker_id),
+    )
+
+
+def read_gateway(tx: Tx, worker_id: str, now: float) -> FleetGateway:
+    """The live workers' gateways as ``worker_id`` sees them: how many share each provider
+    (the reader counts itself once it has published, even if its heartbeat is late), and the longest pause and open breaker among the
+    others, as seconds from ``now``."""
+    rows = tx.fetchall(
+        "SELECT id, gateway, heartbeat_at, lease_ttl FROM kernos_workers "
+        "WHERE stopped_at IS NULL AND gateway IS NOT NULL"
+    )
+    sharing: dict[str, int] = defaultdict(int)
+    paused: dict[str, float] = {}
+    opened: dict[str, BreakerHold] = {}
+    for wid, raw, heartbeat_at, lease_ttl in rows:
+        mine = wid == worker_id
+        if not mine and now - float(heartbeat_at) > DEAD_AFTER_TTLS * float(lease_ttl):
+            continue  # dead: what it said is no longer news
+        shared = json.loads(raw)
+        for provider in shared.get("providers", ()):
+            sharing[provider] += 1
+        if mine:
+            continue
+        for provider, until in shared.get("paused", {}).items():
+            left = float(until) - now
+            if left > paused.get(provider, 0.0):
+                paused[provider] = left
+        for endpoint, (until, cooldown) in shared.get("open", {}).items():
+            left = float(until) - now
+            held = opened.get(endpoint)
+            if left > 0 and (held is None or left > held.remaining):
+                opened[endpoint] = BreakerHold(remaining=left, cooldown=float(cooldown))
+    return FleetGateway(sharing=dict(sharing), paused=paused, open=opened)
 
 
 # -- retired versions ------------------------------------------------------------------------

@@ -27,7 +27,9 @@ from kernos.store._records import (
     Control,
     Event,
     EventTotals,
+    FleetGateway,
     FleetStatus,
+    GatewayReport,
     JsonPath,
     Memory,
     MemoryHit,
@@ -417,6 +419,16 @@ class Store(Protocol):
 
     async def list_workers(self) -> list[WorkerRecord]:
         """Workers alive, dead (silent for several lease TTLs) or stopped."""
+        ...
+
+    async def publish_gateway(self, worker_id: str, report: GatewayReport) -> FleetGateway:
+        """Replace what a worker's gateway tells the fleet (its report's times are seconds
+        from now, stored on the database's clock) and read ``fleet_gateway``, together."""
+        ...
+
+    async def fleet_gateway(self, worker_id: str) -> FleetGateway:
+        """What the other live workers' gateways say: the workers sharing each provider's
+        limits, and the longest pause and open breaker among them (seconds from the read)."""
         ...
 
     async def list_versions(self, agent: str | None = None) -> list[VersionStatus]:

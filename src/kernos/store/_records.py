@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -471,6 +472,49 @@ class WorkerRecord:
     state: WorkerState
     #: seconds since its last heartbeat
     heartbeat_age: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerHold:
+    """An endpoint's circuit breaker, open on some worker: calls wait ``remaining`` seconds
+    (counted from the store's read, on the database's clock), then one probes."""
+
+    remaining: float
+    #: the length of that open period, which a failed probe doubles
+    cooldown: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayReport:
+    """What one worker's gateway tells the rest of the fleet (``Store.publish_gateway``).
+
+    Times are seconds from now, not clock readings: the store turns them into times on the
+    database's clock, which every worker shares whatever its own clock says.
+    """
+
+    #: the providers whose configured rate limits this worker shares with the others
+    providers: tuple[str, ...] = ()
+    #: provider → seconds left of a pause it asked for (a 429's ``retry-after``)
+    paused: Mapping[str, float] = field(default_factory=dict)
+    #: endpoint (``provider:model``) → its breaker, opened by failures this worker saw
+    open: Mapping[str, BreakerHold] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetGateway:
+    """What the live workers' gateways say, as one of them reads it (``Store.fleet_gateway``).
+
+    Workers that stopped or are dead (silent for ``DEAD_AFTER_TTLS`` lease TTLs, on the
+    database's clock) count for nothing; holds that ended are left out; the reader's own holds
+    are not repeated back to it.
+    """
+
+    #: provider → live workers sharing its limits, the reader included once it has published
+    sharing: Mapping[str, int] = field(default_factory=dict)
+    #: provider → the longest pause any other live worker holds, seconds from the read
+    paused: Mapping[str, float] = field(default_factory=dict)
+    #: endpoint → the longest open period of any other live worker's breaker
+    open: Mapping[str, BreakerHold] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

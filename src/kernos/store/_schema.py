@@ -340,6 +340,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "find the newest audit entry of an action on a target without reading the log",
         ("CREATE INDEX kernos_audit_action_target ON kernos_audit (action, target, seq)",),
     ),
+    Migration(
+        12,
+        "the gateway state a worker shares with the fleet: rate-limit shares, pauses, breakers",
+        (
+            # JSON: {"providers": [...], "paused": {provider: until}, "open": {endpoint:
+            # [until, cooldown]}}, times on the database's clock; NULL until the worker's
+            # gateway first publishes (a worker without one never does).
+            "ALTER TABLE kernos_workers ADD COLUMN gateway TEXT",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -49,6 +49,8 @@ from kernos.store._fleet import (
     beat_worker,
     list_versions,
     list_workers,
+    publish_gateway,
+    read_gateway,
     refuse_retired,
     register_worker,
     schedule_version,
@@ -121,7 +123,9 @@ from kernos.store._records import (
     Control,
     Event,
     EventTotals,
+    FleetGateway,
     FleetStatus,
+    GatewayReport,
     JsonPath,
     Memory,
     MemoryHit,
@@ -2218,6 +2222,28 @@ class SqlStore:
         """Every worker row not yet pruned: alive, dead (silent for several lease TTLs) or
         stopped, as of the database's clock."""
         return await self._call(self._list_workers)
+
+    def _publish_gateway(self, worker_id: str, report: GatewayReport) -> FleetGateway:
+        with self._d.write() as tx:
+            now = self._d.now(tx)
+            publish_gateway(tx, worker_id, report, now)
+            return read_gateway(tx, worker_id, now)
+
+    async def publish_gateway(self, worker_id: str, report: GatewayReport) -> FleetGateway:
+        """Replace what ``worker_id``'s gateway tells the fleet and read what the others say,
+        in one transaction. The report's times (seconds from now) are stored on the database's
+        clock; a stopped worker's row is not written."""
+        return await self._call(self._publish_gateway, worker_id, report)
+
+    def _fleet_gateway(self, worker_id: str) -> FleetGateway:
+        with self._d.read() as tx:
+            return read_gateway(tx, worker_id, self._d.now(tx))
+
+    async def fleet_gateway(self, worker_id: str) -> FleetGateway:
+        """What the other live workers' gateways say (one read): the workers sharing each
+        provider's limits, and the longest pause and open breaker among them, in seconds from
+        the read on the database's clock. Dead and stopped workers are left out."""
+        return await self._call(self._fleet_gateway, worker_id)
 
     def _list_versions(self, agent: str | None) -> list[VersionStatus]:
         with self._d.read() as tx:
