@@ -100,6 +100,7 @@ def test_gateway_defaults() -> None:
         "breaker_max_cooldown": 60.0,
         "deadline": None,
         "tool_argument_repairs": 2,
+        "fleet_sync": 1.0,
     }
 
 
@@ -261,8 +262,8 @@ ERRORS = [
     pytest.param(
         "[gateway]\nbogus = 1\n",
         "gateway.bogus: unknown key (the keys here are: backoff_base, backoff_cap, "
-        "breaker_cooldown, breaker_max_cooldown, breaker_threshold, deadline, max_attempts, "
-        "max_retry_wait, timeout, tool_argument_repairs)",
+        "breaker_cooldown, breaker_max_cooldown, breaker_threshold, deadline, fleet_sync, "
+        "max_attempts, max_retry_wait, timeout, tool_argument_repairs)",
         id="unknown-key",
     ),
     pytest.param(

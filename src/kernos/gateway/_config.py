@@ -269,6 +269,9 @@ class GatewaySettings(_Model):
     deadline: float | None = Field(default=None, gt=0)
     #: times the model is asked to fix tool-call arguments that are not valid JSON
     tool_argument_repairs: int = Field(default=2, ge=0)
+    #: a worker reads the fleet's shares, pauses and open breakers this often (and publishes
+    #: its own at once); 0 keeps each worker's limits and breakers to itself
+    fleet_sync: float = Field(default=1.0, ge=0)
 
 
 def default_providers() -> dict[str, ProviderConfig]:

@@ -11,6 +11,11 @@ and a worker killed mid-backoff resumes the call with its history.
 When every model is failing or its breaker is open, the call is "down": inside a run the kernel
 parks the run until ``retry_at`` (it holds nothing while it waits); outside a run
 (``Gateway.complete`` from a script) the gateway waits itself, until the deadline.
+
+Across a fleet of workers (see ``_fleet``), a provider's configured ``rpm`` and ``tpm`` are the
+whole fleet's: each live worker's limiter admits its share of them. A ``retry-after`` one
+worker is given pauses every worker's calls to that provider, and a breaker that failures open
+on one worker holds the endpoint's breaker open on all of them for the rest of its cooldown.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 from kernos.errors import ConfigError, LLMCallFailed, ProviderUnavailable
 from kernos.gateway._attempts import Attempt, tries_by_endpoint
 from kernos.gateway._backoff import backoff_delay
-from kernos.gateway._breaker import BreakerRegistry
+from kernos.gateway._breaker import BreakerRegistry, BreakerState
 from kernos.gateway._config import Endpoint, GatewayConfig, ProviderConfig, load_config
 from kernos.gateway._limits import LimitWouldExceedDeadline, RateLimiter
 from kernos.gateway._prices import PriceTable
@@ -39,6 +44,7 @@ from kernos.gateway._types import (
     ToolSpec,
     Usage,
 )
+from kernos.store import BreakerHold, FleetGateway, GatewayReport
 
 log = logging.getLogger("kernos.gateway")
 
@@ -48,6 +54,10 @@ INVALID_TOOL_ARGUMENTS = "invalid_tool_arguments"
 _DEFAULT_PARK = 5.0
 #: the longest a direct (non-run) call waits for a provider when no deadline is set
 _DIRECT_DEADLINE = 300.0
+#: a pause or an open period that moves by less than this (seconds) is the same one again: a
+#: burst of 429s carrying the same retry-after is published once, and a pause read from the
+#: fleet again (a few milliseconds longer, a transaction later) is not logged again
+_PAUSE_NEWS = 0.5
 
 
 class RouteDown(Exception):
@@ -65,7 +75,10 @@ class Gateway:
     """Makes LLM calls through the configured providers; one per worker process.
 
     Breakers and rate limits are per endpoint and shared by every call made through this
-    gateway, which is what makes them work: the hundredth run learns from the first.
+    gateway, which is what makes them work: the hundredth run learns from the first. In a
+    worker they are also shared with the rest of the fleet: ``fleet_report`` is what this
+    gateway tells the other workers, ``adopt_fleet`` applies what they said (the worker's
+    ``FleetSync`` carries both through the store, never on a call's path).
     """
 
     def __init__(
@@ -84,10 +97,17 @@ class Gateway:
             failure_threshold=settings.breaker_threshold,
             cooldown=settings.breaker_cooldown,
             max_cooldown=settings.breaker_max_cooldown,
+            on_open=self._fleet_news,
         )
         self._limiters: dict[str, RateLimiter] = {}
         self._rand = rand
         self._warned: set[str] = set()
+        #: provider → live workers sharing its configured limits (absent: this one alone)
+        self._shares: dict[str, int] = {}
+        #: provider → until when (monotonic) it asked this worker to pause (its retry-after)
+        self._pauses: dict[str, float] = {}
+        #: told when this gateway has news for the fleet (a pause, a breaker that opened)
+        self.on_fleet_news: Callable[[], None] | None = None
 
     def warm_up(self) -> None:
         """Import the configured families' SDKs on a background thread now, so that a
@@ -221,9 +241,7 @@ class Gateway:
                     else:
                         permit.release()
                     if exc.error_class is ErrorClass.RATE_LIMITED and exc.retry_after:
-                        self._limiter(endpoint.provider).pause_until(
-                            time.monotonic() + exc.retry_after
-                        )
+                        self._pause(endpoint.provider, exc.retry_after)
                     then, delay, wait = self._next_move(exc, tries[key], give_up_at)
                     if then == "retry" and breaker.state == "open":
                         # this failure opened the breaker: the model is out until its probe
@@ -429,13 +447,115 @@ class Gateway:
     def _limiter(self, name: str) -> RateLimiter:
         limiter = self._limiters.get(name)
         if limiter is None:
-            cfg = self.config.provider(name)
-            limiter = self._limiters[name] = RateLimiter(rpm=cfg.rpm, tpm=cfg.tpm)
+            rpm, tpm = self._rates(name)
+            limiter = self._limiters[name] = RateLimiter(rpm=rpm, tpm=tpm)
         return limiter
+
+    def _rates(self, provider: str) -> tuple[float | None, float | None]:
+        """This worker's share of the provider's configured rpm and tpm."""
+        cfg = self.config.provider(provider)
+        workers = self._shares.get(provider, 1)
+        return (
+            None if cfg.rpm is None else cfg.rpm / workers,
+            None if cfg.tpm is None else cfg.tpm / workers,
+        )
 
     def breaker_states(self) -> dict[str, Any]:
         """Every endpoint's breaker, for ``kernos`` status views and tests."""
         return dict(self._breakers.snapshot())
+
+    # -- the fleet ----------------------------------------------------------------------------
+
+    def _pause(self, provider: str, seconds: float) -> None:
+        """The provider said ``retry-after``: pause its calls here, and tell the fleet."""
+        until = time.monotonic() + seconds
+        self._limiter(provider).pause_until(until)
+        told = self._pauses.get(provider)
+        if told is not None and until <= told + _PAUSE_NEWS:
+            self._pauses[provider] = max(told, until)
+            return
+        self._pauses[provider] = until
+        self._fleet_news()
+
+    def _fleet_news(self) -> None:
+        if self.on_fleet_news is not None:
+            self.on_fleet_news()
+
+    def limited_providers(self) -> tuple[str, ...]:
+        """The configured providers with an ``rpm`` or ``tpm``: the limits a fleet shares."""
+        return tuple(sorted(name for name, p in self.config.providers.items() if p.rpm or p.tpm))
+
+    def fleet_report(self) -> GatewayReport:
+        """What this gateway tells the other workers: the providers whose limits it shares,
+        the pauses providers asked of it, and the breakers that failures it saw opened (not
+        those it holds open for another worker: that one reports them). Times are seconds
+        from now."""
+        now = time.monotonic()
+        self._pauses = {p: until for p, until in self._pauses.items() if until > now}
+        opened = {
+            endpoint: BreakerHold(remaining=snap.retry_at - now, cooldown=snap.cooldown)
+            for endpoint, snap in self._breakers.snapshot().items()
+            if snap.state is BreakerState.OPEN and not snap.held and snap.retry_at is not None
+        }
+        return GatewayReport(
+            providers=self.limited_providers(),
+            paused={p: until - now for p, until in self._pauses.items()},
+            open=opened,
+        )
+
+    def adopt_fleet(self, fleet: FleetGateway) -> None:
+        """Apply what the other live workers said: take this worker's share of each provider's
+        limits (the queue of waiting calls keeps its order), pause a provider that paused
+        another worker, and hold open a breaker open on another worker until its cooldown
+        there ends (then probe here as usual). Providers this gateway does not know are
+        ignored; nothing here ever shortens a pause or closes a breaker."""
+        for provider in self.limited_providers():
+            self._share(provider, max(1, fleet.sharing.get(provider, 1)))
+        now = time.monotonic()
+        for provider, left in fleet.paused.items():
+            if provider not in self.config.providers:
+                continue
+            limiter = self._limiter(provider)
+            before = limiter.snapshot().paused_until or now
+            limiter.pause_until(now + left)
+            if now + left > before + _PAUSE_NEWS:  # not the same pause read again
+                log.info(
+                    "provider %s paused for %.2fs: it answered another worker with a retry-after",
+                    provider,
+                    left,
+                )
+        for endpoint, hold in fleet.open.items():
+            if endpoint.partition(":")[0] not in self.config.providers:
+                continue
+            breaker = self._breakers.get(endpoint)
+            before = breaker.retry_at() or now
+            breaker.hold_open(now + hold.remaining, cooldown=hold.cooldown)
+            if now + hold.remaining > before + _PAUSE_NEWS:
+                log.info(
+                    "breaker of %s held open for %.2fs: it opened on another worker",
+                    endpoint,
+                    hold.remaining,
+                )
+
+    def _share(self, provider: str, workers: int) -> None:
+        if self._shares.get(provider, 1) == workers:
+            return
+        self._shares[provider] = workers
+        rpm, tpm = self._rates(provider)
+        limiter = self._limiters.get(provider)
+        if limiter is not None:
+            limiter.set_rates(rpm=rpm, tpm=tpm)
+        cfg = self.config.provider(provider)
+        log.info(
+            "provider %s: its limits (rpm %s, tpm %s) are shared by %d live workers; this one "
+            "takes rpm %s, tpm %s",
+            provider,
+            cfg.rpm or "-",
+            cfg.tpm or "-",
+            workers,
+            f"{rpm:g}" if rpm is not None else "-",
+            f"{tpm:g}" if tpm is not None else "-",
+        )
 
 
 def make_provider(cfg: ProviderConfig) -> ModelProvider:

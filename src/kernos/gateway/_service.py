@@ -5,6 +5,10 @@ recorded answer (or raises the recorded failure) without asking any provider. Wh
 down the run parks until the earliest moment a model may answer (a breaker's half-open probe,
 a provider's retry-after); the next round starts from there. A deadline (``deadline=`` seconds
 from the call's first attempt, or the config's) turns that wait into ``ProviderUnavailable``.
+
+In a worker the service is also the gateway's member of the fleet (``join_fleet`` and
+``follow_fleet``, see ``_fleet``): the providers' limits, pauses and open breakers are shared
+with the other live workers through the store.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from kernos.errors import LLMCallFailed, ProviderUnavailable
 from kernos.gateway._attempts import Attempt
 from kernos.gateway._config import GatewayConfig, load_config
+from kernos.gateway._fleet import FleetBoard, FleetSync
 from kernos.gateway._gateway import Gateway, RouteDown, build_request
 from kernos.gateway._provider import OnDelta
 from kernos.gateway._types import LLMResponse, Message, ToolSpec
@@ -28,9 +33,26 @@ class LLMService:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.fleet: FleetSync | None = None
 
     async def aclose(self) -> None:
         await self.gateway.aclose()
+
+    async def join_fleet(self, store: FleetBoard, worker_id: str) -> None:
+        """Share this gateway's limits and breakers with the fleet: publish, take this
+        worker's share of each provider's limits and adopt the others' pauses and open
+        breakers. The worker calls it once it is registered, before it claims a run, so that
+        its first call already keeps to its share. Does nothing when ``fleet_sync`` is 0.
+        Raises the store's ``InfrastructureError``; ``follow_fleet`` tries again."""
+        if not self.gateway.config.gateway.fleet_sync:
+            return
+        self.fleet = FleetSync(self.gateway, store, worker_id)
+        await self.fleet.sync()
+
+    async def follow_fleet(self) -> None:
+        """Stay in step with the fleet until cancelled (returns at once if not joined)."""
+        if self.fleet is not None:
+            await self.fleet.run()
 
     def health(self) -> dict[str, str]:
         """Each endpoint's circuit breaker (``{"openai:gpt-4o": "open"}``: closed, open or

@@ -28,7 +28,7 @@ from kernos.kernel._registry import REGISTRY, AgentSpec, Registry, agent, load_a
 from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._retry import DEFAULT_RETRY, RetryPolicy, retry
 from kernos.kernel._settings import Settings, load_settings
-from kernos.kernel._worker import Worker, WorkerConfig, tune_gc
+from kernos.kernel._worker import FleetMember, Worker, WorkerConfig, tune_gc
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -47,6 +47,7 @@ __all__ = [
     "DurableTool",
     "Embedder",
     "Faults",
+    "FleetMember",
     "Gatekeeper",
     "HumanDecision",
     "NotificationPump",

@@ -4,6 +4,10 @@ One asyncio process runs up to ``concurrency`` runs at once. It claims in batche
 ``LISTEN`` (PostgreSQL) or a short poll (SQLite) when there is nothing to do, fires due timers
 and cron schedules (each exactly once fleet-wide: the store's updates are conditional), and
 renews every lease it holds in one statement per heartbeat.
+
+A service that shares state with its peers in the other workers (``FleetMember``: the
+gateway's rate limits and circuit breakers) joins the fleet through the store before the
+worker claims its first run, and follows it in a task of its own until the worker stops.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from kernos.errors import InfrastructureError, KernosError
 from kernos.kernel._calls import CallService, Gatekeeper
@@ -46,6 +50,22 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+@runtime_checkable
+class FleetMember(Protocol):
+    """A service that shares state with the same service in the other live workers, through
+    the store: the gateway's share of each provider's rate limits, a provider's pause, an open
+    breaker (``kernos.gateway.LLMService``). The kernel only calls it; what is shared is the
+    service's business."""
+
+    async def join_fleet(self, store: Store, worker_id: str) -> None:
+        """Exchange state with the fleet once; raises the store's ``InfrastructureError``."""
+        ...
+
+    async def follow_fleet(self) -> None:
+        """Stay in step with the fleet until cancelled."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,19 +150,25 @@ class Worker:
     async def run(self) -> None:
         await self.store.register_agents(self.registry.keys())
         await self.store.register_worker(self._registration())
+        members = [s for s in self.services.values() if isinstance(s, FleetMember)]
+        for member in members:
+            await self._join_fleet(member)
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="kernos-heartbeat")
         pump = (
             asyncio.create_task(self.notifications.run(), name="kernos-notifications")
             if self.notifications is not None
             else None
         )
+        following = [
+            asyncio.create_task(self._follow_fleet(m), name="kernos-fleet") for m in members
+        ]
         self.started.set()
         log.info("worker %s started (concurrency %d)", self.id, self.config.concurrency)
         try:
             await self._claim_loop()
             await self._drain()
         finally:
-            for task in (heartbeat, pump):
+            for task in (heartbeat, pump, *following):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -332,6 +358,28 @@ class Worker:
             log.warning("run %s: stopped: %s", run_id, why)
 
     # -- presence: the worker's row in the fleet (kernos status, kernos agents) ----------------
+
+    async def _join_fleet(self, member: FleetMember) -> None:
+        try:
+            await asyncio.wait_for(
+                member.join_fleet(self.store, self.id), timeout=self.config.lease_ttl
+            )
+        except (InfrastructureError, TimeoutError) as exc:
+            log.warning(
+                "worker %s: could not join the fleet's shared limits yet: %s",
+                self.id,
+                exc or "timed out",
+            )
+
+    async def _follow_fleet(self, member: FleetMember) -> None:
+        try:
+            await member.follow_fleet()
+        except Exception:  # a bug there must not stop the worker; it says so loudly
+            log.exception(
+                "worker %s: a service stopped following the fleet; its limits and breakers "
+                "are this worker's own until it restarts",
+                self.id,
+            )
 
     def _registration(self) -> WorkerRegistration:
         return WorkerRegistration(
