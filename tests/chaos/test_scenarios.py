@@ -68,8 +68,10 @@ def test_unknown_scenario_names_the_others() -> None:
     assert set(SCENARIOS) == {"tuesday", "provider-outage", "db-failover", "crash-storm"}
 
 
-def _ev(seq: int, type: str, step: int | None = None, **payload: object) -> Event:
-    return Event(seq=seq, type=type, step=step, payload=dict(payload))
+def _ev(
+    seq: int, type: str, step: int | None = None, token: int | None = None, **payload: object
+) -> Event:
+    return Event(seq=seq, type=type, step=step, payload=dict(payload), token=token)
 
 
 def test_stale_writes_finds_a_second_result_and_claims_out_of_order() -> None:
@@ -87,6 +89,21 @@ def test_stale_writes_finds_a_second_result_and_claims_out_of_order() -> None:
     # nothing may follow the run's end
     assert stale_writes([*clean, _ev(6, "run_completed")]) == 0
     assert stale_writes([*clean, _ev(6, "run_completed"), _ev(7, "tool_attempt", 3)]) == 1
+    # the journal records each event's writer: an event under an older lease than the latest
+    # claim's is a stale owner's write, even where it repeats no result
+    claim = [
+        Event(seq=1 + 2 * n, type="run_claimed", payload={"claim": n + 1, "token": t}, token=t)
+        for n, t in enumerate((4, 5))
+    ]
+    tokened = [
+        claim[0],
+        _ev(2, "step_completed", 0, token=4),
+        claim[1],
+        _ev(4, "llm_attempt", 1, token=5),
+        _ev(5, "cancel_requested"),  # a person's: no lease
+    ]
+    assert stale_writes(tokened) == 0
+    assert stale_writes([*tokened, _ev(6, "llm_attempt", 1, token=4)]) == 1
 
 
 def test_a_conversation_carries_the_plan_the_simulator_plays() -> None:

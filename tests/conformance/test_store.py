@@ -214,6 +214,32 @@ async def test_expired_lease_is_reclaimed_and_stale_owner_fenced(store: SqlStore
     assert beat.lost == {run_id}
 
 
+async def test_each_event_records_the_lease_token_of_its_writer(store: SqlStore) -> None:
+    """The journal says who wrote each event (migration 13): an owner's appends, batched or
+    not, and its finish carry its lease token; a person's cancel of a queued run carries none. So a reader can
+    check afterwards that no stale owner's write got in (``kernos chaos`` does)."""
+    run_id, old = await claim_one(store, "w1", ttl=0.05)
+    await store.append(run_id, old, [ev(1)])
+    await store.append(run_id, old, [ev(2, step=2), ev(3, step=3), ev(4, step=4), ev(5, step=5),
+                                     ev(6, step=6)])  # fmt: skip
+    await asyncio.sleep(0.1)
+    _, new = await claim_one(store, "w2", create=False)
+    await store.append(run_id, new, [ev(7, step=7)])
+    await store.pause(run_id)
+    assert await store.append(run_id, new, [ev(8, step=8)]) == Control.PAUSE
+    journal = await store.load_journal(run_id)
+    assert [e.token for e in journal] == [old] * 6 + [new] * 2
+    queued = await new_run(store)
+    await store.cancel(queued)  # a person cancels a run no worker ever held
+    assert [(e.type, e.token) for e in await store.load_journal(queued)] == [
+        ("run_cancelled", None)
+    ]
+    page = await store.journal_page(run_id, after_seq=0, limit=100)
+    assert [e.token for e in page] == [e.token for e in journal]
+    await store.finish(run_id, new, state=RunState.COMPLETED, events=[ev(9, "run_completed")])
+    assert (await store.load_journal(run_id, after_seq=8))[0].token == new
+
+
 async def test_own_expired_lease_is_reclaimed_with_a_new_token(store: SqlStore) -> None:
     """A worker whose lease expired (say the database was unreachable) may take the run back,
     but only under a new token: its older execution is fenced like any other stale owner."""

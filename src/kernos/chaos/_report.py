@@ -8,8 +8,9 @@ Tuesday afternoon must not break:
 - **lost runs = 0**: every conversation ends completed, failed with a reason, or waiting for
   a person with a reason; none is left queued, running without an owner, or gone;
 - **duplicate effects = 0**: no conversation refunded twice, however often a worker died;
-- **stale-owner writes = 0**: the journal holds at most one result per step and type; a worker
-  that lost its lease and wrote anyway would leave a second one;
+- **stale-owner writes = 0**: every event written under a lease carries the token of the run's
+  latest claim (the journal records each event's writer); a worker that lost its lease and
+  wrote anyway would leave an older token (and often a second result for a step);
 - **every conversation completed or waiting for a person**: none failed.
 """
 
@@ -115,22 +116,30 @@ _ENDS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 
 def stale_writes(events: Sequence[Event]) -> int:
-    """How many events of one journal a fenced store should have refused: a second result for
-    the same step, anything after the run's end, or claims out of order (an old owner's claim
-    after a newer one's)."""
+    """How many events of one journal a fenced store should have refused.
+
+    The journal records the lease token of each event's writer. An event written under a lease
+    must carry the token of the run's latest claim before it: one with another token was
+    written by an owner that had lost the run. Also counted: a second result for the same step,
+    anything after the run's end, and claims out of order.
+    """
     seen: Counter[tuple[str, int | None]] = Counter()
     bad = 0
     claims: list[int] = []
+    current: int | None = None
     ended = False
     for ev in events:
         bad += ended
+        if ev.type == "run_claimed":
+            claims.append(int(ev.payload.get("claim") or 0))
+            current = ev.payload.get("token", current)
+        if ev.token is not None and current is not None and ev.token != current:
+            bad += 1
         if ev.type in _ENDS:
             ended = True
         elif ev.type in _RESULTS:
             seen[(ev.type, ev.step)] += 1
             bad += seen[(ev.type, ev.step)] > 1
-        elif ev.type == "run_claimed":
-            claims.append(int(ev.payload.get("claim") or 0))
     bad += sum(1 for a, b in itertools.pairwise(claims) if b <= a)
     return bad
 

@@ -21,8 +21,9 @@ from typing import Any
 from kernos.store._commit import Append
 from kernos.store._dialect import Row, Tx
 
-#: the journal's columns, as ``_event_params`` orders them
-EVENT_COLUMNS = "run_id, seq, type, step, name, attempt, payload, created_at, duration"
+#: the journal's columns: ``_event_params``' nine, then the lease token of the owner that wrote
+#: the event (the append's fencing token; NULL for what no lease holder wrote)
+EVENT_COLUMNS = "run_id, seq, type, step, name, attempt, payload, created_at, duration, lease_token"
 _WIDTH = 10  # the 9 event columns and the append's fencing token
 # The first row types the VALUES list (PostgreSQL infers the others from it); SQLite applies
 # the same affinities. Later rows stay bare to keep the statement short.
@@ -70,7 +71,7 @@ def values_inserts(batch: Sequence[Append], lock_fence: str) -> list[FencedInser
 _UNNEST_INSERT = (
     f"INSERT INTO kernos_journal ({EVENT_COLUMNS}) "
     "SELECT v.run_id, v.seq, v.type, v.step, v.name, v.attempt, v.payload, v.created_at,"
-    " v.duration FROM unnest(CAST(? AS TEXT[]), CAST(? AS INTEGER[]), CAST(? AS TEXT[]),"
+    " v.duration, v.token FROM unnest(CAST(? AS TEXT[]), CAST(? AS INTEGER[]), CAST(? AS TEXT[]),"
     " CAST(? AS INTEGER[]), CAST(? AS TEXT[]), CAST(? AS INTEGER[]), CAST(? AS TEXT[]),"
     " CAST(? AS DOUBLE PRECISION[]), CAST(? AS DOUBLE PRECISION[]), CAST(? AS BIGINT[]))"
     " AS v(run_id, seq, type, step, name, attempt, payload, created_at, duration, token) "
@@ -113,7 +114,7 @@ def _values_sql(rows: int, lock_fence: str) -> str:
     return (
         f"INSERT INTO kernos_journal ({EVENT_COLUMNS}) "
         "SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,"
-        f" v.column8, v.column9 FROM (VALUES {values}) AS v "
+        f" v.column8, v.column9, v.column10 FROM (VALUES {values}) AS v "
         "WHERE EXISTS (SELECT 1 FROM kernos_runs r WHERE r.id = v.column1"
         " AND r.lease_token = v.column10 AND r.state = 'running' AND r.control IS NULL"
         f"{lock_fence}) RETURNING run_id, seq"

@@ -100,6 +100,10 @@ class Event:
     duration: float | None = None
     #: ``payload`` already encoded as compact JSON, when the caller has it (saves encoding twice)
     payload_json: str | None = field(default=None, compare=False, repr=False)
+    #: the lease token of the owner that wrote it, as the journal recorded it (None: written by
+    #: no lease holder, e.g. a person's pause, or not yet stored); fencing makes it the token
+    #: of the run's latest claim, which anyone can check afterwards
+    token: int | None = field(default=None, compare=False)
 
 
 #: a path into an event's JSON payload, e.g. ("response", "cost")

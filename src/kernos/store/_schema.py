@@ -350,6 +350,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE kernos_workers ADD COLUMN gateway TEXT",
         ),
     ),
+    Migration(
+        13,
+        "who wrote each journal event: the lease token of its owner (NULL: no lease holder)",
+        (
+            # Fencing refuses a stale owner's write; this column lets anyone check afterwards
+            # that it did (each event's token is the one its run's latest claim was given).
+            "ALTER TABLE kernos_journal ADD COLUMN lease_token {bigint}",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -159,8 +159,10 @@ _RUN_COLUMNS = (
 )
 #: a run committing without suspending yields to its event loop at least this often (seconds)
 _YIELD_EVERY = 0.005
-_JOURNAL_COLUMNS = "seq, type, step, name, attempt, payload, created_at, duration"
-_INSERT_EVENT = f"INSERT INTO kernos_journal ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_JOURNAL_COLUMNS = "seq, type, step, name, attempt, payload, created_at, duration, lease_token"
+_INSERT_EVENT = (
+    f"INSERT INTO kernos_journal ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _OWN = (
     "UPDATE kernos_runs SET updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'running'"
 )
@@ -206,6 +208,7 @@ def _event(row: Row) -> Event:
         payload=json.loads(row[5]),
         created_at=row[6],
         duration=row[7],
+        token=row[8],
     )
 
 
@@ -574,7 +577,7 @@ class SqlStore:
     def _load_journal(self, run_id: str, after_seq: int) -> list[Event]:
         with self._d.read() as tx:
             rows = tx.fetchall(
-                "SELECT seq, type, step, name, attempt, payload, created_at, duration "
+                f"SELECT {_JOURNAL_COLUMNS} "
                 "FROM kernos_journal WHERE run_id = ? AND seq > ? ORDER BY seq",
                 (run_id, after_seq),
             )
@@ -848,7 +851,7 @@ class SqlStore:
         """The quiet fence failed: the lease is lost, or a control request is pending."""
         with self._d.write() as tx:
             control, _ = self._lock_owned(tx, run_id, token)
-            self._insert_events(tx, run_id, events)
+            self._insert_events(tx, run_id, events, token)
             return control
 
     def _lock_owned(self, tx: Tx, run_id: str, token: int) -> tuple[Control | None, str | None]:
@@ -866,10 +869,14 @@ class SqlStore:
         if tx.execute(_OWN, (time.time(), run_id, token)) != 1:
             raise LeaseLost(run_id)
 
-    def _insert_events(self, tx: Tx, run_id: str, events: Sequence[Event]) -> None:
+    def _insert_events(
+        self, tx: Tx, run_id: str, events: Sequence[Event], token: int | None = None
+    ) -> None:
+        """Insert events in an open transaction; ``token`` is the writing owner's lease (None
+        for a write no lease holder makes: a person's control, a message, the store's own)."""
         now = time.time()
         for ev in events:
-            tx.execute(_INSERT_EVENT, _event_params(run_id, ev, now))
+            tx.execute(_INSERT_EVENT, (*_event_params(run_id, ev, now), token))
 
     def _wake_parent(self, tx: Tx, child_id: str, parent_id: str) -> None:
         # Lock the parent's row whatever its state: a parent suspending on this child at the
@@ -911,7 +918,7 @@ class SqlStore:
                 raise LeaseLost(run_id)
             if state == RunState.CANCELLED and reason_row is not None:
                 events = _with_reason(events, "run_cancelled", reason_row[0])
-            self._insert_events(tx, run_id, events)
+            self._insert_events(tx, run_id, events, token)
             if state != RunState.COMPLETED:
                 self._cancel_children(tx, run_id, f"parent run {run_id} ended {state.value}")
             tx.execute("DELETE FROM kernos_timers WHERE run_id = ?", (run_id,))
@@ -957,7 +964,7 @@ class SqlStore:
                 "control_reason = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
                 ("paused" if paused else "waiting", waiting_for, now, run_id),
             )
-            self._insert_events(tx, run_id, events)
+            self._insert_events(tx, run_id, events, token)
             if paused:
                 # The owner's last act: no append can race this one.
                 self._control_event(tx, run_id, "run_paused", reason)
@@ -1037,7 +1044,7 @@ class SqlStore:
                 + " WHERE id = ?",
                 (state.value, now, now, run_id),
             )
-            self._insert_events(tx, run_id, events)
+            self._insert_events(tx, run_id, events, token)
             if state == RunState.QUEUED:
                 self._d.notify(tx)
 
@@ -1078,7 +1085,7 @@ class SqlStore:
                 return None
             message = Message(row[0], row[1], row[2], row[3], row[4], row[5], step)
             tx.execute("UPDATE kernos_messages SET consumed_step = ? WHERE id = ?", (step, row[0]))
-            self._insert_events(tx, run_id, [*before, make_event(message)])
+            self._insert_events(tx, run_id, [*before, make_event(message)], token)
             return message
 
     def _waiting_topics(self, run_id: str) -> frozenset[str]:
@@ -1120,7 +1127,7 @@ class SqlStore:
             existing = tx.fetchone(
                 f"SELECT {_RUN_COLUMNS} FROM kernos_runs WHERE id = ?", (child.id,)
             )
-            self._insert_events(tx, run_id, events)
+            self._insert_events(tx, run_id, events, token)
             if existing is not None:
                 return _run(existing)
             return self._insert_run(tx, child, time.time())
@@ -1213,7 +1220,7 @@ class SqlStore:
     ) -> Message:
         with self._d.write() as tx:
             self._own(tx, run_id, token)
-            self._insert_events(tx, run_id, events)
+            self._insert_events(tx, run_id, events, token)
             return self._deliver(tx, to, topic, payload, run_id)
 
     async def send_from_run(
@@ -1660,7 +1667,7 @@ class SqlStore:
         now = time.time()
         with self._d.write() as tx:
             self._own(tx, run_id, token)
-            self._insert_events(tx, run_id, events)
+            self._insert_events(tx, run_id, events, token)
             insert_notifications(tx, notify, now)
             return insert_approval(tx, new, now)
 
@@ -1698,7 +1705,7 @@ class SqlStore:
             escalated = escalate_approval(
                 tx, approval_id, expires_at=expires_at, lock=self._d.lock_rows, now=now
             )
-            self._insert_events(tx, run_id, events)
+            self._insert_events(tx, run_id, events, token)
             insert_notifications(tx, notify, now)
             append_audit(
                 tx,
