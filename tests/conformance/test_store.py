@@ -216,8 +216,9 @@ async def test_expired_lease_is_reclaimed_and_stale_owner_fenced(store: SqlStore
 
 async def test_each_event_records_the_lease_token_of_its_writer(store: SqlStore) -> None:
     """The journal says who wrote each event (migration 13): an owner's appends, batched or
-    not, and its finish carry its lease token; a person's cancel of a queued run carries none. So a reader can
-    check afterwards that no stale owner's write got in (``kernos chaos`` does)."""
+    not, and its finish carry its lease token; a person's cancel of a queued run carries none.
+    So a reader can check afterwards that no stale owner's write got in (``kernos chaos``
+    does)."""
     run_id, old = await claim_one(store, "w1", ttl=0.05)
     await store.append(run_id, old, [ev(1)])
     await store.append(run_id, old, [ev(2, step=2), ev(3, step=3), ev(4, step=4), ev(5, step=5),
