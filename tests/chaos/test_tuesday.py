@@ -68,12 +68,11 @@ def _check(r: dict[str, Any], *, postgres: bool) -> None:
     kills = [f for f in r["faults"] if f["fault"].startswith("SIGKILL")]
     assert len(kills) >= 4, r["faults"]
     # the busiest worker is the one killed: at least one kill took runs with it, and every
-    # run it held was claimed again by another worker
+    # run it held was claimed again by another worker (or had finished as it died)
     held = [f for f in kills if f["detail"]["in_flight"]]
     assert held, kills
     for f in held:
-        n = len(f["detail"]["in_flight"])
-        assert f"{n} claimed again" in f["kernos"], f
+        assert "; 0 not recovered" in f["kernos"], f
     assert all(f["detail"].get("restarted") for f in kills), kills
     deploy = next(f for f in r["faults"] if f["fault"].startswith("SIGTERM"))
     assert deploy["detail"]["exit_code"] == 0, deploy

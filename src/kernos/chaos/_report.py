@@ -471,10 +471,13 @@ def _reaction(h: Happened, c: Collected, t0: float, lease_ttl: float) -> str:
         p = _percentiles(list(claimed.values()))
         if not in_flight:
             return "the worker held no run when it was killed; it was started again"
+        ended = _ended_by(c, [r for r in in_flight if r not in claimed], h.at + 1.0)
+        left = len(in_flight) - len(claimed) - len(ended)
         return (
             f"{_n(len(in_flight), 'run')} held by the killed worker; {len(claimed)} claimed "
             f"again by a live worker, p50 {p['p50']} s and max {p['max']} s after the kill "
-            f"(the lease TTL is {lease_ttl:g} s)"
+            f"(the lease TTL is {lease_ttl:g} s); {len(ended)} had finished as it died; "
+            f"{left} not recovered"
         )
     if i.action == "crash":
         return f"exit code {h.detail.get('code')}; started again (see its log)"
@@ -521,6 +524,15 @@ def _reaction(h: Happened, c: Collected, t0: float, lease_ttl: float) -> str:
             f"claimed again; {stale} stale-owner writes in their journals"
         )
     return ""
+
+
+def _ended_by(c: Collected, runs: list[str], at: float) -> list[str]:
+    """Of ``runs``, those whose journal ended (completed, failed, cancelled) by ``at``."""
+    return [
+        r
+        for r in runs
+        if any(ev.type in _ENDS and ev.created_at <= at for ev in c.journals.get(r, []))
+    ]
 
 
 def _claimed_after(c: Collected, runs: list[str], at: float) -> dict[str, float]:
