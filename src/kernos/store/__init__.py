@@ -1,5 +1,6 @@
 """The store layer: one schema on SQLite or PostgreSQL, behind the ``Store`` protocol."""
 
+from kernos.store._claims import TenantLimits
 from kernos.store._commit import CommitStats
 from kernos.store._dashboard import WAIT_KINDS, EventFields, RunQuery, TimedTotals
 from kernos.store._fleet import DEAD_AFTER_TTLS, VersionRetired
@@ -100,6 +101,7 @@ __all__ = [
     "SqlStore",
     "Store",
     "SuspendResult",
+    "TenantLimits",
     "TimedTotals",
     "Timer",
     "ToolDefinition",

@@ -104,6 +104,11 @@ class Dialect(Protocol):
         """Serialise claims of one agent across the fleet (for its concurrency limit)."""
         ...
 
+    def lock_tenants(self, tx: Tx, tenants: Sequence[str]) -> None:
+        """Serialise claims of these tenants across the fleet (for their concurrency limits),
+        taking the locks in one global order so that two claims never wait on each other."""
+        ...
+
     def table_exists(self, tx: Tx, table: str) -> bool: ...
 
     def notify(self, tx: Tx) -> None:

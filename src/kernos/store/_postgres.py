@@ -429,6 +429,17 @@ class PostgresDialect:
             (agent,),
         )
 
+    def lock_tenants(self, tx: Tx, tenants: Sequence[str]) -> None:
+        # One round trip for all of them, in the order of the lock keys themselves: even two
+        # names whose hashes collide are locked in the same order by every claim. (Since 9.6
+        # a volatile function in the select list is evaluated after the ORDER BY's sort.)
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT "
+            "hashtext(current_schema() || ':kernos:tenant:' || t) AS k "
+            "FROM unnest(?::text[]) AS t) AS keys ORDER BY k",
+            (list(tenants),),
+        )
+
     def table_exists(self, tx: Tx, table: str) -> bool:
         row = tx.fetchone("SELECT to_regclass(?) IS NOT NULL", (table,))
         return bool(row and row[0])

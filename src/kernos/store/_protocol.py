@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kernos.store._claims import TenantLimits
 from kernos.store._commit import CommitStats
 from kernos.store._dashboard import EventFields, RunQuery, TimedTotals
 from kernos.store._records import (
@@ -162,7 +163,16 @@ class Store(Protocol):
         limit: int,
         lease_ttl: float,
         agent_limits: dict[str, int],
-    ) -> list[Claim]: ...
+        tenant_limits: TenantLimits | None = None,
+    ) -> list[Claim]:
+        """Lease up to ``limit`` runnable runs of ``agents`` to ``worker_id``: the highest
+        priority first, then the oldest. No agent of ``agent_limits`` and no tenant limited by
+        ``tenant_limits`` ends up with more runs running (with a live lease) than its limit,
+        over every worker of the database. With ``tenant_limits`` (even one that limits no
+        tenant), runs of equal priority are taken round-robin across tenants, each tenant's
+        oldest first; without it, strictly in order."""
+        ...
+
     async def append(self, run_id: str, token: int, events: Sequence[Event]) -> Control | None: ...
 
     async def sum_events(

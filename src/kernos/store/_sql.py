@@ -31,6 +31,18 @@ from kernos.errors import (
     ScheduleNotFound,
     SchemaMismatch,
 )
+from kernos.store._claims import (
+    FAIR_WINDOW,
+    MAX_WINDOWS,
+    Allowance,
+    TenantLimits,
+    choose_in_order,
+    choose_round_robin,
+    count_running,
+    limited_tenants,
+    saturated,
+    tenant_allowance,
+)
 from kernos.store._commit import CommitStats
 from kernos.store._dashboard import (
     EventFields,
@@ -718,38 +730,19 @@ class SqlStore:
         limit: int,
         lease_ttl: float,
         agent_limits: dict[str, int],
+        tenants: TenantLimits | None,
     ) -> list[Claim]:
         if limit <= 0 or not agents:
             return []
         keys = [f"{name}@{version}" for name, version in agents]
         with self._d.write() as tx:
             now = self._d.now(tx)  # leases live on the database's clock, not each worker's
-            allowance: dict[str, int] = {}
-            for agent in sorted(agent_limits):
-                self._d.lock_agent(tx, agent)
-                row = tx.fetchone(
-                    "SELECT COUNT(*) FROM kernos_runs WHERE agent = ? AND state = 'running' "
-                    "AND lease_expires_at >= ?",
-                    (agent, now),
-                )
-                allowance[agent] = agent_limits[agent] - int(row[0] if row else 0)
-            blocked = [a for a, n in allowance.items() if n <= 0]
-            exclude = f" AND agent NOT IN ({placeholders(len(blocked))})" if blocked else ""
-            rows = tx.fetchall(
-                f"SELECT {_RUN_COLUMNS} FROM kernos_runs "
-                "WHERE ((state = 'queued' AND run_at <= ?) "
-                "OR (state = 'running' AND lease_expires_at < ?)) "
-                f"AND agent || '@' || agent_version IN ({placeholders(len(keys))}){exclude} "
-                f"ORDER BY priority DESC, run_at, id LIMIT ?{self._d.lock_skip}",
-                (now, now, *keys, *blocked, limit),
-            )
-            chosen: list[Run] = []
-            for run in map(_run, rows):
-                if run.agent in allowance:
-                    if allowance[run.agent] <= 0:
-                        continue
-                    allowance[run.agent] -= 1
-                chosen.append(run)
+            allowance = Allowance(agents=self._agent_allowance(tx, now, agent_limits))
+            if tenants is None:
+                rows = self._candidates(tx, now, keys, allowance.blocked_agents(), set(), limit)
+                chosen = choose_in_order(rows, limit, allowance)
+            else:
+                chosen = self._choose_fairly(tx, now, keys, limit, allowance, tenants)
             if not chosen:
                 return []
             expires = now + lease_ttl
@@ -778,6 +771,117 @@ class SqlStore:
             claims.append(Claim(run=owned, token=token))
         return claims
 
+    def _agent_allowance(self, tx: Tx, now: float, agent_limits: dict[str, int]) -> dict[str, int]:
+        """What each limited agent may still start, counted under its lock (sorted: agents'
+        locks are taken before tenants', each kind in one order, so claims never deadlock)."""
+        allowance: dict[str, int] = {}
+        for agent in sorted(agent_limits):
+            self._d.lock_agent(tx, agent)
+            row = tx.fetchone(
+                "SELECT COUNT(*) FROM kernos_runs WHERE agent = ? AND state = 'running' "
+                "AND lease_expires_at >= ?",
+                (agent, now),
+            )
+            allowance[agent] = agent_limits[agent] - int(row[0] if row else 0)
+        return allowance
+
+    def _candidates(
+        self,
+        tx: Tx,
+        now: float,
+        keys: Sequence[str],
+        skip_agents: set[str],
+        skip_tenants: set[str],
+        window: int,
+        after: Run | None = None,
+    ) -> list[Run]:
+        """Up to ``window`` claimable runs in the claim order, locked (skipping rows another
+        claim holds), leaving out ``skip_*`` and, when ``after`` is given, every run up to it."""
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM kernos_runs "
+            "WHERE ((state = 'queued' AND run_at <= ?) "
+            "OR (state = 'running' AND lease_expires_at < ?)) "
+            f"AND agent || '@' || agent_version IN ({placeholders(len(keys))})"
+        )
+        params: list[Any] = [now, now, *keys]
+        if skip_agents:
+            sql += f" AND agent NOT IN ({placeholders(len(skip_agents))})"
+            params += sorted(skip_agents)
+        if skip_tenants:
+            sql += f" AND tenant NOT IN ({placeholders(len(skip_tenants))})"
+            params += sorted(skip_tenants)
+        if after is not None:
+            sql += (
+                " AND (priority < ? OR (priority = ? AND (run_at > ? OR (run_at = ? AND id > ?))))"
+            )
+            params += [after.priority, after.priority, after.run_at, after.run_at, after.id]
+        sql += f" ORDER BY priority DESC, run_at, id LIMIT ?{self._d.lock_skip}"
+        return [_run(row) for row in tx.fetchall(sql, (*params, window))]
+
+    def _choose_fairly(
+        self,
+        tx: Tx,
+        now: float,
+        keys: Sequence[str],
+        limit: int,
+        allowance: Allowance,
+        tenants: TenantLimits,
+    ) -> list[Run]:
+        """The runs a claim takes with ``[tenants]`` configured: round-robin across tenants
+        within each priority, no tenant over its limit across the fleet.
+
+        1. Count each limited tenant's running runs (unlocked: an estimate) and leave out the
+           tenants at their limit: a flooding tenant's runs beyond its limit are never read.
+        2. Read candidates in windows of ``FAIR_WINDOW`` x ``limit`` rows (at most
+           ``MAX_WINDOWS`` of them): a window that is full and holds all a tenant could get
+           is followed by one that leaves that tenant out, to reach the tenants queued behind it.
+        3. Lock the limited tenants among the candidates (after the agents' locks, in one
+           order) and count them again: that count, under the lock, is the one that holds.
+        """
+        running = (
+            count_running(tx, now, None if tenants.default is not None else sorted(tenants.limits))
+            if tenants.limited
+            else {}
+        )
+        full = {t for t, left in tenant_allowance(running, running, tenants).items() if left <= 0}
+        candidates = self._fair_candidates(tx, now, keys, limit, allowance, tenants, running, full)
+        locked = limited_tenants(candidates, tenants)
+        if locked:
+            self._d.lock_tenants(tx, locked)
+            allowance.tenants = tenant_allowance(locked, count_running(tx, now, locked), tenants)
+        return choose_round_robin(candidates, limit, allowance)
+
+    def _fair_candidates(
+        self,
+        tx: Tx,
+        now: float,
+        keys: Sequence[str],
+        limit: int,
+        allowance: Allowance,
+        tenants: TenantLimits,
+        running: dict[str, int],
+        full: set[str],
+    ) -> list[Run]:
+        window = FAIR_WINDOW * limit
+        skip_agents, skip_tenants = allowance.blocked_agents(), set(full)
+        candidates: list[Run] = []
+        for _ in range(MAX_WINDOWS):
+            after = candidates[-1] if candidates else None
+            page = self._candidates(tx, now, keys, skip_agents, skip_tenants, window, after)
+            candidates += page
+            if len(page) < window:
+                break  # nothing more is claimable
+            estimate = Allowance(
+                agents=dict(allowance.agents),
+                tenants=tenant_allowance({r.tenant for r in candidates}, running, tenants),
+            )
+            agents, tenants_full = saturated(candidates, limit, estimate)
+            if agents <= skip_agents and tenants_full <= skip_tenants:
+                break  # another window would only bring more of the same tenants
+            skip_agents |= agents
+            skip_tenants |= tenants_full
+        return candidates
+
     async def claim(
         self,
         *,
@@ -786,9 +890,16 @@ class SqlStore:
         limit: int,
         lease_ttl: float,
         agent_limits: dict[str, int],
+        tenant_limits: TenantLimits | None = None,
     ) -> list[Claim]:
         return await self._call(
-            self._claim, worker_id, list(agents), limit, lease_ttl, dict(agent_limits)
+            self._claim,
+            worker_id,
+            list(agents),
+            limit,
+            lease_ttl,
+            dict(agent_limits),
+            tenant_limits,
         )
 
     def _heartbeat(self, worker_id: str, leases: dict[str, int], lease_ttl: float) -> Heartbeat:

@@ -260,6 +260,9 @@ class SqliteDialect:
     def lock_agent(self, tx: Tx, agent: str) -> None:
         """Claims run under the write lock, which already serialises them."""
 
+    def lock_tenants(self, tx: Tx, tenants: Sequence[str]) -> None:
+        """Claims run under the write lock, which already serialises them."""
+
     def table_exists(self, tx: Tx, table: str) -> bool:
         row = tx.fetchone("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
         return row is not None
