@@ -31,6 +31,7 @@ from kernos.governance import (
     load_budgets,
     notifier_from_config,
     redactor_from_config,
+    tenant_limits_from_config,
 )
 from kernos.kernel import (
     REGISTRY,
@@ -401,6 +402,7 @@ def worker(
             poll_interval=poll_interval or settings.poll_interval,
             grace=settings.grace if grace is None else grace,
             faults=Faults.parse(settings.fault),
+            tenant_limits=tenant_limits_from_config(),  # [tenants]: limits held fleet-wide
         )
         services = default_services()  # kernos.toml: a bad file stops the worker here
         notifier = notifier_from_config()

@@ -386,7 +386,7 @@ def load_config(
     if file is None:
         return GatewayConfig()
     data = read_config_file(file)
-    for section in ("mcp", "policy", "budgets", "notifications", "redaction", "api"):
+    for section in ("mcp", "policy", "budgets", "notifications", "redaction", "tenants", "api"):
         data.pop(section, None)  # other layers' sections of the same file
     providers = data.get("providers", {})
     if isinstance(providers, Mapping):

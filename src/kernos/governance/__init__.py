@@ -32,6 +32,7 @@ from kernos.governance._replay import (
     recorded_calls,
     replay_policy,
 )
+from kernos.governance._tenants import TenantsConfig, tenant_limits_from_config
 from kernos.governance._webhooks import (
     TargetRefused,
     WebhookNotifier,
@@ -61,6 +62,7 @@ __all__ = [
     "Subject",
     "TargetRefused",
     "TenantRedaction",
+    "TenantsConfig",
     "WebhookNotifier",
     "audit_config",
     "budget_report",
@@ -73,5 +75,6 @@ __all__ = [
     "redactor_from_config",
     "replay_policy",
     "sign",
+    "tenant_limits_from_config",
     "verify",
 ]

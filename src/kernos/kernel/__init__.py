@@ -29,6 +29,7 @@ from kernos.kernel._replay import KIND_OF as STEP_KINDS
 from kernos.kernel._retry import DEFAULT_RETRY, RetryPolicy, retry
 from kernos.kernel._settings import Settings, load_settings
 from kernos.kernel._worker import FleetMember, Worker, WorkerConfig, tune_gc
+from kernos.store import TenantLimits
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -60,6 +61,7 @@ __all__ = [
     "RunMemory",
     "Scrubber",
     "Settings",
+    "TenantLimits",
     "Verdict",
     "Worker",
     "WorkerConfig",

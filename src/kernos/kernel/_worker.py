@@ -32,7 +32,7 @@ from kernos.kernel._memory import Embedder, Scrubber
 from kernos.kernel._notify import NotificationPump, Notifier
 from kernos.kernel._observe import Observer, safely
 from kernos.kernel._registry import Registry
-from kernos.store import Claim, Store, WorkerRegistration, new_run_id
+from kernos.store import Claim, Store, TenantLimits, WorkerRegistration, new_run_id
 
 log = logging.getLogger("kernos.worker")
 
@@ -78,6 +78,9 @@ class WorkerConfig:
     grace: float = 30.0
     worker_id: str | None = None
     faults: Faults = field(default_factory=Faults)
+    #: per-tenant concurrency limits over the whole fleet, and claims fair across tenants
+    #: (``[tenants]`` of kernos.toml); None: claims in priority order, tenants unlimited
+    tenant_limits: TenantLimits | None = None
 
 
 class Worker:
@@ -164,6 +167,12 @@ class Worker:
         ]
         self.started.set()
         log.info("worker %s started (concurrency %d)", self.id, self.config.concurrency)
+        if self.config.tenant_limits is not None:
+            log.info(
+                "worker %s: claims are fair across tenants; tenant limits: %s",
+                self.id,
+                self.config.tenant_limits.describe(),
+            )
         try:
             await self._claim_loop()
             await self._drain()
@@ -221,6 +230,7 @@ class Worker:
             limit=min(free, 100),
             lease_ttl=self.config.lease_ttl,
             agent_limits=self.registry.limits(),
+            tenant_limits=self.config.tenant_limits,
         )
         for claim in claims:
             self._start(claim)
