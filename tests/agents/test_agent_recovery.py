@@ -70,7 +70,10 @@ async def test_a_worker_killed_mid_tool_loop_repeats_no_completed_call(
     answered = [e for e in sim.log("oa") if e.status == 200]
     assert len(answered) == 4  # no model call was made twice: the journal answered on replay
     events = await app_client.journal(run.id)
-    assert [e.type for e in events].count("run_claimed") == 2
+    # the kill forces a second claim; on a loaded machine a 1 s lease can also expire under a
+    # live worker and be claimed again (fenced, as guarantee 3 says), which adds one: what the
+    # test is about is that no completed call ran twice, checked above and below
+    assert [e.type for e in events].count("run_claimed") >= 2
     assert [e.payload["arguments"]["order_id"] for e in events if e.type == "tool_completed"] == [
         "A-1",
         "A-2",
